@@ -1,0 +1,1 @@
+"""modelwatch services: one package per service, shared code in `services.common`."""

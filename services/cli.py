@@ -1,0 +1,104 @@
+"""The `modelwatch` command: one subcommand per service, plus `train` and `up`.
+
+`up` is the no-Docker main job: it trains the model if there is none, then runs the four services
+as child processes until Ctrl+C (or SIGTERM), which it passes on so each one drains and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
+
+from services.common import settings as env_
+from services.common.settings import ConfigError
+
+SERVICES = ("model", "metric", "plot", "features")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="modelwatch", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in SERVICES:
+        commands.add_parser(name, help=f"run the {name} service (settings from the environment)")
+    train = commands.add_parser("train", help="fit the model and write MODEL_PATH and its manifest")
+    train.add_argument("--if-missing", action="store_true", help="do nothing if MODEL_PATH exists")
+    commands.add_parser("up", help="train if needed, then run all four services until Ctrl+C")
+    args = parser.parse_args(argv)
+    if args.command in SERVICES:
+        runpy.run_module(f"services.{args.command}", run_name="__main__")
+    elif args.command == "train":
+        sys.exit(_train(args.if_missing))
+    else:
+        sys.exit(_up())
+
+
+def _train(if_missing: bool) -> int:
+    from services.model.artifact import manifest_path, train
+
+    try:
+        model_path = env_.path(os.environ, "MODEL_PATH", "models/model.json")
+    except ConfigError as exc:
+        print(f"train: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if if_missing and model_path.exists() and manifest_path(model_path).exists():
+        print(f"model already at {model_path}")
+        return 0
+    manifest = train(model_path)
+    print(f"trained {manifest['version']} -> {model_path}")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def _up() -> int:
+    env = os.environ
+    try:
+        csv_path = env_.path(env, "METRIC_LOG_PATH", "logs/metric_log.csv")
+        png_path = env_.path(env, "PLOT_PATH", "logs/error_distribution.png")
+    except ConfigError as exc:
+        print(f"up: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if _train(if_missing=True) != 0:
+        return 2
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], env={**env, "OTEL_SERVICE_NAME": name}
+        )
+        for name in SERVICES
+    }
+    print(f"modelwatch up: {', '.join(SERVICES)} running; rows -> {csv_path}, plot -> {png_path}")
+    print("Ctrl+C stops everything.", flush=True)
+    stopping = False
+
+    def stop_all(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    failed = ""
+    while any(c.poll() is None for c in children.values()):
+        for name, child in children.items():
+            code = child.poll()
+            if code not in (None, 0) and not stopping:
+                failed = f"{name} exited with status {code}; stopping the others"
+                print(f"modelwatch up: {failed}", file=sys.stderr)
+                stop_all()
+        time.sleep(0.2)
+    codes = {name: c.returncode for name, c in children.items()}
+    bad = {n: c for n, c in codes.items() if c != 0}
+    if bad:
+        print(f"modelwatch up: exit statuses {bad}", file=sys.stderr)
+    return 1 if failed or bad else 0
+
+
+if __name__ == "__main__":
+    main()

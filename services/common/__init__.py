@@ -1,0 +1,1 @@
+"""Code the services share: settings, contracts, the broker loop, logging."""

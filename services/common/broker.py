@@ -1,0 +1,531 @@
+"""All the pika code: topology, confirmed publishing, the consume loop, dead-lettering, reconnects.
+
+Services never import pika. They hand this module plain functions: a handler gets a validated
+`Message` and returns the `Outgoing` messages to publish. For every delivery the loop runs
+decode -> validate -> handle -> validate outgoing -> publish -> wait for confirms -> ack, so an
+input is acknowledged only once its effect is durable. Bad input is dead-lettered to
+`<queue>.dlq` with the reason in the `x-error-reason` header; a handler that keeps failing is
+dead-lettered after the catalog's delivery limit. On connection loss it reconnects with backoff,
+redeclares and resumes; unacked inputs come back from the broker and unconfirmed publishes of
+`publish()` are sent again.
+
+It runs on asyncio through pika's AsyncioConnection rather than BlockingConnection, because the
+blocking adapter waits for each publisher confirm in turn (see ../shared/PERF.md); here many
+deliveries are in flight and the broker confirms them in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.exceptions import (
+    AuthenticationError,
+    ChannelClosedByBroker,
+    ProbableAccessDeniedError,
+    ProbableAuthenticationError,
+)
+from pika.spec import Basic
+
+from services.common.contracts import Contracts, QueueSpec, Topology
+from services.common.messages import Message, Outgoing, Rejected, decode_body, encode_body, utc_now
+
+log = logging.getLogger("modelwatch.broker")
+
+Handler = Callable[[Message], Sequence[Outgoing]]
+Confirmed = Callable[[bool, str], None]
+ERROR_REASON = "x-error-reason"
+
+
+class BrokerError(RuntimeError):
+    """A failure retrying cannot fix: bad credentials, a missing vhost, a conflicting queue."""
+
+
+@dataclass
+class _Consumer:
+    spec: QueueSpec
+    accepts: frozenset[int]
+    handler: Handler
+
+
+@dataclass
+class _Pending:
+    """A publish waiting for its confirm."""
+
+    on_done: Confirmed
+    exchange: str
+    message_id: str
+    returned: str = ""
+
+
+@dataclass
+class _Batch:
+    """Inputs whose effects wait for one `flush` before they are acknowledged together."""
+
+    channel: Any
+    tags: list[int] = field(default_factory=list)
+
+
+class Broker:
+    """One connection and one channel, kept open for the life of a service."""
+
+    def __init__(self, url: str, contracts: Contracts, service: str, *, prefetch: int = 256):
+        self._params = pika.URLParameters(url)
+        self._params.connection_attempts = 1
+        self._contracts = contracts
+        self._topology: Topology = contracts.topology()
+        self._service = service
+        self._prefetch = prefetch
+        self._consumers: list[_Consumer] = []
+        self._flush: Callable[[], None] | None = None
+        self._conn: AsyncioConnection | None = None
+        self._chan: Any = None
+        self._ready = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._waiters: set[asyncio.Future[Any]] = set()
+        self._pending: dict[int, _Pending] = {}
+        self._next_tag = 0
+        self._unsettled = 0
+        self._batch: _Batch | None = None
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._fatal: asyncio.Future[None] | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def consume(self, type_: str, handler: Handler) -> None:
+        """Consume this service's queue for `type_` (from the catalog) with `handler`."""
+        entry = self._contracts.consumer(self._service, type_)
+        spec = next(q for q in self._topology.queues if q.name == entry.queue)
+        self._consumers.append(_Consumer(spec, frozenset(entry.accepts), handler))
+
+    def on_flush(self, flush: Callable[[], None]) -> None:
+        """Make handler effects durable in batches: `flush` runs before inputs are acknowledged."""
+        self._flush = flush
+
+    async def start(self) -> None:
+        """Connect, declare the topology and start consuming; fatal errors raise `BrokerError`."""
+        self._fatal = asyncio.get_running_loop().create_future()
+        await self._connect()
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then stop cleanly; re-raises a fatal error instead."""
+        assert self._fatal is not None, "start() first"
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopper, self._fatal}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if self._fatal.done():
+            raise self._fatal.exception() or RuntimeError("broker failed")
+        await self.stop()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop consuming, let in-flight messages finish, then close."""
+        self._stopping = True
+        if self._chan is not None and self._chan.is_open:
+            for tag in list(self._chan.consumer_tags):
+                self._chan.basic_cancel(tag)
+        deadline = time.monotonic() + timeout
+        while (self._unsettled or self._pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._unsettled or self._pending:
+            log.warning(
+                "stopping with %d unacked inputs and %d unconfirmed publishes; the broker "
+                "redelivers the inputs",
+                self._unsettled,
+                len(self._pending),
+            )
+        if self._supervisor:
+            self._supervisor.cancel()
+        if self._conn is not None and not (self._conn.is_closed or self._conn.is_closing):
+            self._conn.close()
+            await self._closed.wait()
+
+    async def _supervise(self) -> None:
+        try:
+            while True:
+                await self._closed.wait()
+                if self._stopping:
+                    return
+                await self._connect()
+        except BrokerError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        log.critical("giving up: %s", exc)
+        if self._fatal is not None and not self._fatal.done():
+            self._fatal.set_exception(exc)
+
+    async def _connect(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._open()
+                return
+            except BrokerError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any other failure is worth a retry
+                log.warning("broker not reachable (%s); retrying in %.1f s", _why(exc), delay)
+                self._teardown(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[AsyncioConnection] = loop.create_future()
+        self._closed.clear()
+
+        def on_error(_conn: Any, exc: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(exc)
+
+        self._conn = AsyncioConnection(
+            self._params,
+            on_open_callback=opened.set_result,
+            on_open_error_callback=on_error,
+            on_close_callback=self._on_connection_closed,
+            custom_ioloop=loop,
+        )
+        try:
+            conn = await opened
+        except (ProbableAuthenticationError, AuthenticationError):
+            raise BrokerError(
+                "RABBITMQ_URL: the broker refused the user name or password"
+            ) from None
+        except ProbableAccessDeniedError:
+            raise BrokerError("RABBITMQ_URL: the user may not open that vhost") from None
+        self._chan = await self._call(lambda cb: conn.channel(on_open_callback=cb))
+        self._chan.add_on_close_callback(self._on_channel_closed)
+        self._chan.add_on_return_callback(self._on_return)
+        self._chan.add_on_cancel_callback(self._on_cancelled)
+        await self._call(lambda cb: self._chan.confirm_delivery(self._on_confirm, callback=cb))
+        self._next_tag = 0
+        try:
+            await self._declare()
+        except ChannelClosedByBroker as exc:
+            raise BrokerError(f"declaring the topology failed: {exc.reply_text}") from None
+        if self._consumers:
+            await self._call(
+                lambda cb: self._chan.basic_qos(prefetch_count=self._prefetch, callback=cb)
+            )
+        for consumer in self._consumers:
+            self._chan.basic_consume(consumer.spec.name, self._delivery_callback(consumer))
+        log.info(
+            "connected to %s:%s vhost %r",
+            self._params.host,
+            self._params.port,
+            self._params.virtual_host,
+        )
+        self._ready.set()
+
+    async def _declare(self) -> None:
+        topo = self._topology
+        ch = self._chan
+        await self._call(
+            lambda cb: ch.exchange_declare(
+                topo.dead_letter_exchange, "direct", durable=True, callback=cb
+            )
+        )
+        for exchange in topo.exchanges:
+            await self._call(
+                lambda cb, e=exchange: ch.exchange_declare(e, "fanout", durable=True, callback=cb)
+            )
+        for q in topo.queues:
+            await self._call(
+                lambda cb, q=q: ch.queue_declare(
+                    q.name, durable=True, arguments=_queue_arguments(topo, q), callback=cb
+                )
+            )
+            await self._call(lambda cb, q=q: ch.queue_bind(q.name, q.exchange, callback=cb))
+            await self._call(
+                lambda cb, q=q: ch.queue_declare(
+                    q.dlq, durable=True, arguments={"x-queue-type": "quorum"}, callback=cb
+                )
+            )
+            await self._call(
+                lambda cb, q=q: ch.queue_bind(
+                    q.dlq, topo.dead_letter_exchange, routing_key=q.name, callback=cb
+                )
+            )
+
+    async def _call(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
+        """Run a pika call that reports through a callback, failing if the channel dies."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.add(fut)
+        start(lambda result: fut.done() or fut.set_result(result))
+        try:
+            return await fut
+        finally:
+            self._waiters.discard(fut)
+
+    def _on_connection_closed(self, _conn: Any, exc: BaseException) -> None:
+        if not self._stopping:
+            log.warning("connection lost: %s", _why(exc))
+        self._teardown(exc)
+        self._closed.set()
+
+    def _on_channel_closed(self, chan: Any, exc: BaseException) -> None:
+        for fut in list(self._waiters):
+            if not fut.done():
+                fut.set_exception(exc)
+        if not self._stopping and self._conn is not None and self._conn.is_open:
+            log.warning("channel closed: %s; reconnecting", _why(exc))
+            self._conn.close()
+
+    def _on_cancelled(self, frame: Any) -> None:
+        # The broker cancels a consumer whose queue was deleted: redeclare by reconnecting.
+        log.error(
+            "the broker cancelled consumer %s (queue deleted?); reconnecting",
+            frame.method.consumer_tag,
+        )
+        if self._conn is not None and self._conn.is_open:
+            self._conn.close()
+
+    def _teardown(self, exc: BaseException) -> None:
+        self._ready.clear()
+        self._chan = None
+        self._batch = None
+        self._unsettled = 0  # deliveries die with their channel; the broker redelivers them
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            entry.on_done(False, f"connection lost before the confirm ({_why(exc)})")
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    def publish_nowait(
+        self, out: Outgoing, on_done: Confirmed, headers: dict | None = None
+    ) -> None:
+        """Validate and publish `out`; `on_done(ok, why)` is called when the broker answers."""
+        version = self._contracts.check_output(out.type, out.payload)
+        if self._chan is None or not self._chan.is_open:
+            on_done(False, "not connected")
+            return
+        props = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=out.id,
+            type=out.type,
+            app_id=self._service,
+            timestamp=int(time.time()),
+            headers={"schema": self._contracts.schema_ids[out.type, version], **(headers or {})},
+        )
+        self._send(out.type, "", encode_body(out.payload), props, on_done)
+
+    async def publish(self, out: Outgoing) -> None:
+        """Publish `out` and return once the broker confirmed it, resending after failures."""
+        delay = 0.1
+        while True:
+            await self._ready.wait()
+            fut: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+            self.publish_nowait(out, functools.partial(_resolve, fut))
+            ok, why = await fut
+            if ok:
+                return
+            log.warning("publish of %s %s not confirmed (%s); sending again", out.type, out.id, why)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _send(self, exchange: str, key: str, body: bytes, props: Any, on_done: Confirmed) -> None:
+        self._chan.basic_publish(exchange, key, body, props, mandatory=True)
+        self._next_tag += 1
+        self._pending[self._next_tag] = _Pending(on_done, exchange, props.message_id or "")
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        tags = (
+            [t for t in self._pending if t <= method.delivery_tag]
+            if method.multiple
+            else ([method.delivery_tag] if method.delivery_tag in self._pending else [])
+        )
+        for tag in tags:
+            entry = self._pending.pop(tag)
+            if entry.returned:
+                entry.on_done(False, entry.returned)
+            else:
+                entry.on_done(ok, "" if ok else "the broker refused the message (nack)")
+
+    def _on_return(self, _chan: Any, method: Any, props: Any, _body: bytes) -> None:
+        for entry in self._pending.values():
+            if entry.exchange == method.exchange and entry.message_id == (props.message_id or ""):
+                entry.returned = (
+                    f"unroutable: {method.reply_text} (no queue bound to {method.exchange!r})"
+                )
+                return
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    def _delivery_callback(self, consumer: _Consumer) -> Callable[..., None]:
+        def on_delivery(chan: Any, method: Any, props: Any, body: bytes) -> None:
+            self._unsettled += 1
+            try:
+                self._process(consumer, chan, method, props, body)
+            except Exception:
+                log.exception("unexpected failure handling a message; it will be redelivered")
+                self._settle(chan, method.delivery_tag, requeue=True)
+
+        return on_delivery
+
+    def _process(
+        self, consumer: _Consumer, chan: Any, method: Any, props: Any, body: bytes
+    ) -> None:
+        tag = method.delivery_tag
+        try:
+            message = self._decode(consumer, props, body, method.redelivered)
+            outputs = consumer.handler(message)
+        except Rejected as exc:
+            self._dead_letter(consumer.spec, chan, method, props, body, exc.reason)
+            return
+        except Exception as exc:  # noqa: BLE001 - a failing handler is retried, then dead-lettered
+            self._handler_failed(consumer.spec, chan, method, props, body, exc)
+            return
+        if not outputs:
+            self._defer_ack(chan, tag)
+            return
+        state = {"left": len(outputs), "failed": ""}
+
+        def confirmed(ok: bool, why: str) -> None:
+            state["left"] -= 1
+            state["failed"] = state["failed"] or ("" if ok else why)
+            if state["left"] == 0:
+                if state["failed"]:
+                    log.warning(
+                        "output of %s not confirmed (%s); requeueing the input",
+                        props.message_id,
+                        state["failed"],
+                    )
+                self._settle(chan, tag, requeue=bool(state["failed"]))
+
+        for out in outputs:
+            self.publish_nowait(out, confirmed)
+
+    def _decode(self, consumer: _Consumer, props: Any, body: bytes, redelivered: bool) -> Message:
+        headers = props.headers or {}
+        type_, version = self._contracts.identify(headers.get("schema"))
+        if type_ != consumer.spec.message_type or version not in consumer.accepts:
+            raise Rejected(f"{consumer.spec.name} does not accept {type_} v{version}")
+        payload = decode_body(body)
+        self._contracts.check_input(type_, version, payload)
+        return Message(type_, version, payload, headers, redelivered)
+
+    def _handler_failed(
+        self, spec: QueueSpec, chan: Any, method: Any, props: Any, body: bytes, exc: Exception
+    ) -> None:
+        deliveries = int((props.headers or {}).get("x-delivery-count", 0)) + 1
+        log.error(
+            "handler failed on %s (delivery %d of %d): %r",
+            props.message_id,
+            deliveries,
+            self._topology.delivery_limit,
+            exc,
+            exc_info=exc,
+        )
+        if deliveries >= self._topology.delivery_limit:
+            reason = f"handler failed on {deliveries} deliveries: {exc!r}"[:500]
+            self._dead_letter(spec, chan, method, props, body, reason)
+        else:
+            self._settle(chan, method.delivery_tag, requeue=True)
+
+    def _dead_letter(
+        self, spec: QueueSpec, chan: Any, method: Any, props: Any, body: bytes, reason: str
+    ) -> None:
+        """Publish the input unchanged to `<queue>.dlq` with why, then ack it."""
+        log.warning("dead-lettering %s from %s: %s", props.message_id, spec.name, reason)
+        headers = dict(props.headers or {})
+        headers.update(
+            {
+                ERROR_REASON: reason,
+                "x-error-queue": spec.name,
+                "x-error-service": self._service,
+                "x-error-at": utc_now(),
+            }
+        )
+        copy = pika.BasicProperties(
+            content_type=props.content_type,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=props.message_id,
+            type=props.type,
+            app_id=props.app_id,
+            timestamp=props.timestamp,
+            headers=headers,
+        )
+        self._send(
+            self._topology.dead_letter_exchange,
+            spec.name,
+            body,
+            copy,
+            lambda ok, _why: self._settle(chan, method.delivery_tag, requeue=not ok),
+        )
+
+    def _defer_ack(self, chan: Any, tag: int) -> None:
+        if self._flush is None:
+            self._settle(chan, tag, requeue=False)
+            return
+        if self._batch is None:
+            self._batch = _Batch(chan)
+            asyncio.get_running_loop().call_soon(self._flush_batch)
+        self._batch.tags.append(tag)
+
+    def _flush_batch(self, attempt: int = 0) -> None:
+        """Runs once the deliveries that arrived together are handled: flush, then ack them."""
+        batch = self._batch
+        if batch is None or batch.channel is not self._chan:
+            return
+        try:
+            assert self._flush is not None
+            self._flush()
+        except OSError as exc:
+            # Disk full and the like: keep the inputs unacked and try again; never dead-letter
+            # good messages because the disk is unwell.
+            delay = min(0.1 * 2**attempt, 5.0)
+            log.error(
+                "could not make %d results durable (%s); retrying in %.1f s",
+                len(batch.tags),
+                exc,
+                delay,
+            )
+            asyncio.get_running_loop().call_later(delay, self._flush_batch, attempt + 1)
+            return
+        except Exception as exc:  # noqa: BLE001 - the store is in an unknown state: restart
+            self._fail(exc)
+            return
+        self._batch = None
+        for tag in batch.tags:
+            self._settle(batch.channel, tag, requeue=False)
+
+    def _settle(self, chan: Any, tag: int, *, requeue: bool) -> None:
+        """Ack (or nack for redelivery) on the channel the delivery came from, if it lives."""
+        if chan is not self._chan or not chan.is_open:
+            return
+        self._unsettled -= 1
+        if requeue:
+            chan.basic_nack(tag, requeue=True)
+        else:
+            chan.basic_ack(tag)
+
+
+def _queue_arguments(topo: Topology, q: QueueSpec) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": topo.dead_letter_exchange,
+        "x-dead-letter-routing-key": q.name,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": topo.delivery_limit,
+    }
+
+
+def _resolve(fut: asyncio.Future[tuple[bool, str]], ok: bool, why: str) -> None:
+    if not fut.done():
+        fut.set_result((ok, why))
+
+
+def _why(exc: BaseException | None) -> str:
+    return f"{type(exc).__name__}: {exc}" if exc else "unknown"

@@ -1,0 +1,151 @@
+"""The contracts in `contracts/`, loaded once at start-up.
+
+`contracts/catalog.json` names every message type, its schema file per version, who produces which
+version and which queue each consumer reads. Everything here is derived from it: validators, the
+schema id that travels with each message, and the broker topology. Schemas are resolved through a
+`referencing.Registry` built from the files on disk, so validation never fetches anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from referencing import Registry, Resource
+
+from services.common.messages import ContractViolation, Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    service: str
+    queue: str
+    accepts: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageType:
+    name: str
+    transport: str
+    compatibility: str
+    versions: dict[int, Path]
+    producer: str
+    produces: int
+    consumers: tuple[Consumer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A consumer queue, bound to its type's exchange, with a dead-letter queue `<name>.dlq`."""
+
+    name: str
+    exchange: str
+    message_type: str
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Everything the broker needs declared: one fanout exchange per AMQP message type."""
+
+    exchanges: tuple[str, ...]
+    queues: tuple[QueueSpec, ...]
+    dead_letter_exchange: str
+    delivery_limit: int
+
+
+class Contracts:
+    """Validators and topology for every message type in the catalog."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        catalog = json.loads((root / "catalog.json").read_text())
+        self.types = {name: _message_type(name, spec) for name, spec in catalog["types"].items()}
+        self._dlx = catalog["dead_letter_exchange"]
+        self._delivery_limit = int(catalog["delivery_limit"])
+        schemas = {p: json.loads(p.read_text()) for p in sorted(root.glob("*/v*/schema.json"))}
+        self.registry = Registry().with_resources(
+            (s["$id"], Resource.from_contents(s)) for s in schemas.values()
+        )
+        self.schema_ids: dict[tuple[str, int], str] = {}
+        self._validators: dict[tuple[str, int], Draft202012Validator] = {}
+        self._schemas: dict[tuple[str, int], dict[str, Any]] = {}
+        for mtype in self.types.values():
+            for version, rel in mtype.versions.items():
+                schema = schemas[root / rel]
+                self.schema_ids[mtype.name, version] = schema["$id"]
+                self._schemas[mtype.name, version] = schema
+                self._validators[mtype.name, version] = Draft202012Validator(
+                    schema, registry=self.registry
+                )
+        self._by_id = {sid: key for key, sid in self.schema_ids.items()}
+
+    def identify(self, schema_id: Any) -> tuple[str, int]:
+        """The (type, version) a message's schema header names; `Rejected` if none."""
+        if not isinstance(schema_id, str | bytes):
+            raise Rejected("missing schema header")
+        if isinstance(schema_id, bytes):
+            schema_id = schema_id.decode("utf-8", "replace")
+        try:
+            return self._by_id[schema_id]
+        except KeyError:
+            raise Rejected(f"unknown schema version {schema_id!r}") from None
+
+    def errors(self, type_: str, version: int, payload: Any) -> str | None:
+        """Why `payload` breaks the schema, or None when it conforms."""
+        error = best_match(self._validators[type_, version].iter_errors(payload))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        return f"{type_} v{version} at {where}: {error.message[:200]}"
+
+    def check_input(self, type_: str, version: int, payload: Any) -> None:
+        reason = self.errors(type_, version, payload)
+        if reason:
+            raise Rejected(f"schema violation: {reason}")
+
+    def check_output(self, type_: str, payload: Any) -> int:
+        """Validate what this service is about to emit; returns the version it is emitted as."""
+        version = self.types[type_].produces
+        reason = self.errors(type_, version, payload)
+        if reason:
+            raise ContractViolation(f"refusing to emit invalid output: {reason}")
+        return version
+
+    def columns(self, type_: str) -> list[str]:
+        """The fields of the version this service produces, in schema order (CSV columns)."""
+        return list(self._schemas[type_, self.types[type_].produces]["properties"])
+
+    def consumer(self, service: str, type_: str) -> Consumer:
+        for consumer in self.types[type_].consumers:
+            if consumer.service == service:
+                return consumer
+        raise KeyError(f"the catalog lists no consumer {service!r} of {type_!r}")
+
+    def topology(self) -> Topology:
+        amqp = [t for t in self.types.values() if t.transport == "amqp"]
+        queues = tuple(QueueSpec(c.queue, t.name, t.name) for t in amqp for c in t.consumers)
+        return Topology(tuple(t.name for t in amqp), queues, self._dlx, self._delivery_limit)
+
+
+def _message_type(name: str, spec: dict[str, Any]) -> MessageType:
+    consumers = tuple(
+        Consumer(c["service"], c.get("queue", ""), tuple(c.get("accepts", ())))
+        for c in spec["consumers"]
+    )
+    return MessageType(
+        name=name,
+        transport=spec["transport"],
+        compatibility=spec["compatibility"],
+        versions={int(v): Path(p) for v, p in spec["versions"].items()},
+        producer=spec["producer"]["service"],
+        produces=int(spec["producer"]["version"]),
+        consumers=consumers,
+    )

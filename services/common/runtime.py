@@ -1,0 +1,65 @@
+"""Start-up and shutdown shared by every service's `__main__`.
+
+`run(name, main)` sets up logging, turns SIGTERM and Ctrl+C into a stop event, and maps a bad
+setting or a fatal broker error to a one-line message and exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from services.common.broker import BrokerError
+from services.common.settings import ConfigError
+
+log = logging.getLogger("modelwatch")
+
+
+def setup_logging(service: str) -> None:
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+def run(service: str, main: Callable[[asyncio.Event], Awaitable[int | None]]) -> None:
+    """Run `main(stop)` until it returns; exit with its status (0 when it returns None)."""
+    try:
+        setup_logging(service)
+        status = asyncio.run(_with_signals(main))
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except BrokerError as exc:
+        print(f"{service}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status or 0)
+
+
+async def _with_signals(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int | None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # signal.signal rather than loop.add_signal_handler: the handler must outlive the loop, or a
+    # second SIGTERM during interpreter shutdown kills the process with status -15.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopper(loop, stop))
+    return await main(stop)
+
+
+def _stopper(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[..., None]:
+    def request_stop(signum: int, _frame: object) -> None:
+        if loop.is_closed():
+            return
+        log.info("received %s: finishing in-flight work", signal.Signals(signum).name)
+        loop.call_soon_threadsafe(stop.set)
+
+    return request_stop

@@ -1,0 +1,95 @@
+"""Reading settings from the environment.
+
+Every setting is an environment variable, parsed once at start-up into a frozen object. A bad value
+raises `ConfigError` naming the variable, so a misconfiguration stops the service before it touches
+the broker. The README's settings table lists every variable these helpers read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+def text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    if not value:
+        raise ConfigError(f"{name} must not be empty")
+    return value
+
+
+def number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} must be a finite number >= {minimum:g}, got {raw!r}")
+    return value
+
+
+def integer(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def path(env: Mapping[str, str], name: str, default: str) -> Path:
+    """A file path; relative paths are taken from the current directory, like any CLI tool."""
+    return Path(text(env, name, default)).expanduser().absolute()
+
+
+def writable_file(env: Mapping[str, str], name: str, default: str) -> Path:
+    """A file the service will create or append to; its folder is created if needed."""
+    target = path(env, name, default)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot create folder {target.parent}: {exc.strerror}") from None
+    if not os.access(target.parent, os.W_OK):
+        raise ConfigError(f"{name}: folder {target.parent} is not writable")
+    return target
+
+
+def amqp_url(env: Mapping[str, str], name: str = "RABBITMQ_URL") -> str:
+    url = text(env, name, "amqp://guest:guest@localhost:5672/%2F")
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError(
+            f"{name} must look like amqp://user:password@host:5672/vhost, got {url!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - urlsplit raises on a non-numeric port only when asked
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid port: {url!r}") from None
+    return url
+
+
+def contracts_dir(env: Mapping[str, str]) -> Path:
+    found = path(env, "CONTRACTS_DIR", str(REPO_ROOT / "contracts"))
+    if not (found / "catalog.json").is_file():
+        raise ConfigError(f"CONTRACTS_DIR: no catalog.json in {found}")
+    return found
+
+
+def environ() -> Mapping[str, str]:
+    return os.environ

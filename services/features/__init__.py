@@ -1,0 +1,1 @@
+"""The features service: emits rows of the diabetes data with their true labels."""

@@ -1,0 +1,68 @@
+"""`modelwatch features`: emit a random diabetes row every FEATURES_INTERVAL_S seconds.
+
+With FEATURES_COUNT=N it stops after N rows and exits 0 once the broker confirmed all of them.
+Up to FEATURES_MAX_IN_FLIGHT rows wait for confirms at once, so full speed is not one round trip
+per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import uuid
+
+from sklearn.datasets import load_diabetes
+
+from services.common.broker import Broker
+from services.common.contracts import Contracts
+from services.common.messages import utc_now
+from services.common.runtime import run
+from services.common.settings import environ
+from services.features import handler
+from services.features.settings import Settings
+
+log = logging.getLogger("modelwatch.features")
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = Settings.from_env(environ())
+    data = load_diabetes()
+    rng = random.Random(settings.seed)
+    broker = Broker(settings.rabbitmq_url, Contracts(settings.contracts_dir), "features")
+    await broker.start()
+    window = asyncio.Semaphore(settings.max_in_flight)
+    in_flight: set[asyncio.Task[None]] = set()
+    emitted = 0
+    for _ in itertools.count() if settings.count == 0 else range(settings.count):
+        if stop.is_set():
+            break
+        row = rng.randrange(len(data.target))
+        messages = handler.emit(data.data[row], data.target[row], str(uuid.uuid4()), utc_now())
+        await window.acquire()
+        task = asyncio.create_task(_send_all(broker, messages))
+        in_flight.add(task)
+        task.add_done_callback(lambda t: (in_flight.discard(t), window.release()))
+        emitted += 1
+        if settings.interval_s:
+            await _sleep_or_stop(stop, settings.interval_s)
+        else:
+            await asyncio.sleep(0)  # let confirms and the socket be serviced between rows
+    await asyncio.gather(*in_flight)
+    log.info("emitted %d rows, all confirmed by the broker", emitted)
+    await broker.stop()
+
+
+async def _send_all(broker: Broker, messages: list) -> None:
+    await asyncio.gather(*(broker.publish(m) for m in messages))
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+if __name__ == "__main__":
+    run("features", main)

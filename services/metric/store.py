@@ -1,0 +1,246 @@
+"""What the metric service knows, kept so a restart loses nothing and writes nothing twice.
+
+- `halves` (SQLite, WAL) holds every half received in the last METRIC_DEDUP_RETENTION_S: a half
+  waiting for its partner is acknowledged as soon as it is stored here, so the broker never holds
+  deliveries while a join waits.
+- The CSV files are append-only. Rows are buffered, then `flush` writes them, fsyncs, and only then
+  commits the SQLite transaction that records the new end of each file. The broker acknowledges
+  the inputs after `flush` returns.
+
+A crash between the CSV write and the commit leaves rows past the recorded end: on start-up they
+are read back and their ids marked recorded, so the redelivered inputs are seen as duplicates. A
+torn last line (a crash inside a write) is cut off: it was never committed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services.common.settings import ConfigError
+from services.metric.handler import Half
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS halves (
+    id TEXT NOT NULL, kind TEXT NOT NULL, value REAL NOT NULL, model_version TEXT NOT NULL,
+    emitted_at TEXT NOT NULL, received_at TEXT NOT NULL, trace_id TEXT NOT NULL,
+    state TEXT NOT NULL, since REAL NOT NULL, PRIMARY KEY (id, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS halves_by_state ON halves (state, since);
+CREATE TABLE IF NOT EXISTS file_ends (path TEXT PRIMARY KEY, size INTEGER NOT NULL);
+"""
+
+
+class AppendOnlyCsv:
+    """A CSV file that only grows by whole, fsynced lines."""
+
+    def __init__(self, path: Path, columns: Sequence[str], setting: str) -> None:
+        self.path = path
+        self.columns = list(columns)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\n")
+        self.size = _cut_torn_tail(self._fd)
+        if self.size == 0:
+            self._writer.writerow(self.columns)
+        else:
+            header = _read_from(self._fd, 0).split("\n", 1)[0]
+            if header.split(",") != self.columns:
+                raise ConfigError(
+                    f"{setting}: {path} has columns {header!r}, expected "
+                    f"{','.join(self.columns)!r}; move the old file aside"
+                )
+
+    def add(self, row: dict) -> None:
+        self._writer.writerow([row[c] for c in self.columns])
+
+    def flush(self) -> None:
+        data = self._buffer.getvalue().encode()
+        if not data:
+            return
+        if os.fstat(self._fd).st_size != self.size:
+            os.ftruncate(self._fd, self.size)  # a failed write left part of a batch behind
+        os.write(self._fd, data)
+        os.fsync(self._fd)
+        self.size += len(data)
+        self._buffer.seek(0)
+        self._buffer.truncate()
+
+    def rows_after(self, offset: int) -> list[dict]:
+        text = _read_from(self._fd, offset)
+        return list(csv.DictReader(io.StringIO(text), fieldnames=self.columns))
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Store:
+    def __init__(self, db_path: Path, metrics: AppendOnlyCsv, orphans: AppendOnlyCsv) -> None:
+        self._db = sqlite3.connect(db_path, isolation_level="DEFERRED")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self.metrics = metrics
+        self.orphans = orphans
+        self._recover(metrics, "joined", _metric_halves)
+        self._recover(orphans, "orphaned", _orphan_halves)
+        self._db.commit()
+
+    def lookup(self, id_: str, kind: str) -> tuple[Half | None, Half | None]:
+        """The stored half of this kind and its partner, if any."""
+        found = {
+            row[1]: Half(*row)
+            for row in self._db.execute(
+                "SELECT id, kind, value, model_version, emitted_at, received_at, trace_id, state "
+                "FROM halves WHERE id = ?",
+                (id_,),
+            )
+        }
+        return found.get(kind), found.get("y_pred" if kind == "y_true" else "y_true")
+
+    def keep(self, half: Half) -> None:
+        self._put(half, "pending")
+
+    def record(self, half: Half, row: dict) -> None:
+        self.metrics.add(row)
+        self._put(half, "joined")
+        partner = "y_pred" if half.kind == "y_true" else "y_true"
+        self._db.execute(
+            "UPDATE halves SET state = 'joined', since = ? WHERE id = ? AND kind = ?",
+            (time.time(), half.id, partner),
+        )
+
+    def orphan(self, half: Half, record: dict) -> None:
+        self.orphans.add(record)
+        self._put(half, "orphaned")
+
+    def expired(self, older_than: float) -> list[Half]:
+        """Halves still waiting for a partner that were received before `older_than` (epoch)."""
+        return [
+            Half(*row)
+            for row in self._db.execute(
+                "SELECT id, kind, value, model_version, emitted_at, received_at, trace_id, state "
+                "FROM halves WHERE state = 'pending' AND since < ?",
+                (older_than,),
+            )
+        ]
+
+    def forget(self, settled_before: float) -> int:
+        """Drop recorded and orphaned halves older than the dedup window; returns how many."""
+        cursor = self._db.execute(
+            "DELETE FROM halves WHERE state IN ('joined', 'orphaned') AND since < ?",
+            (settled_before,),
+        )
+        return cursor.rowcount
+
+    def pending_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM halves WHERE state = 'pending'").fetchone()[0]
+
+    def flush(self) -> None:
+        """Make everything since the last flush durable: CSV lines first, then the database."""
+        self.metrics.flush()
+        self.orphans.flush()
+        self._set_end(self.metrics)
+        self._set_end(self.orphans)
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+        self.metrics.close()
+        self.orphans.close()
+
+    def _put(self, half: Half, state: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO halves VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                half.id,
+                half.kind,
+                half.value,
+                half.model_version,
+                half.emitted_at,
+                half.received_at,
+                half.trace_id,
+                state,
+                time.time(),
+            ),
+        )
+
+    def _set_end(self, file: AppendOnlyCsv) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO file_ends VALUES (?, ?)", (str(file.path), file.size)
+        )
+
+    def _recover(
+        self, file: AppendOnlyCsv, state: str, halves: Callable[[dict], list[Half]]
+    ) -> None:
+        """Mark rows written after the last commit (a crash before it) as already recorded."""
+        found = self._db.execute(
+            "SELECT size FROM file_ends WHERE path = ?", (str(file.path),)
+        ).fetchone()
+        committed = found[0] if found else 0
+        if file.size > committed:
+            rows = file.rows_after(committed)
+            for row in rows:
+                if row["message_id"] != "message_id":  # the header of a new file
+                    for half in halves(row):
+                        self._put(half, state)
+        self._set_end(file)
+
+
+def _metric_halves(row: dict) -> list[Half]:
+    common = (row["message_id"],)
+    return [
+        Half(
+            *common,
+            "y_true",
+            float(row["y_true"]),
+            "",
+            row["emitted_at"],
+            row["recorded_at"],
+            row["trace_id"],
+        ),
+        Half(
+            *common,
+            "y_pred",
+            float(row["y_pred"]),
+            row["model_version"],
+            row["emitted_at"],
+            row["recorded_at"],
+            row["trace_id"],
+        ),
+    ]
+
+
+def _orphan_halves(row: dict) -> list[Half]:
+    return [
+        Half(
+            row["message_id"],
+            row["half"],
+            float(row["value"]),
+            row["model_version"],
+            row["emitted_at"],
+            row["received_at"],
+            row["trace_id"],
+        )
+    ]
+
+
+def _cut_torn_tail(fd: int) -> int:
+    """Drop a last line without its newline (a write cut short); return the file's size."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    text = os.pread(fd, size, 0)
+    keep = text.rfind(b"\n") + 1
+    os.ftruncate(fd, keep)
+    return keep
+
+
+def _read_from(fd: int, offset: int) -> str:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, max(size - offset, 0), offset).decode()

@@ -1,0 +1,1 @@
+"""The model service: predicts one y_pred per features message."""

@@ -1,0 +1,105 @@
+"""The model artifact: plain parameters in JSON, a manifest with its SHA-256 and version.
+
+Loading a JSON file cannot run code, unlike a pickle. The manifest beside it
+(`<MODEL_PATH>.manifest.json`) holds the artifact's SHA-256 and version; `load` refuses a file
+whose hash differs from the manifest, or from `MODEL_SHA256` when a deployment pins one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sklearn
+from sklearn.datasets import load_diabetes
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import mean_absolute_error, r2_score
+from sklearn.model_selection import train_test_split
+
+FORMAT = "modelwatch-linear-regression/1"
+
+
+class ArtifactError(RuntimeError):
+    """The artifact is missing, altered or not in a format this version reads."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    estimator: LinearRegression
+    version: str
+    sha256: str
+    feature_names: tuple[str, ...]
+
+
+def manifest_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name + ".manifest.json")
+
+
+def train(model_path: Path) -> dict:
+    """Fit LinearRegression on the diabetes data; write the artifact and its manifest."""
+    data = load_diabetes()
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.data, data.target, test_size=0.2, random_state=0
+    )
+    estimator = LinearRegression().fit(x_train, y_train)
+    predicted = estimator.predict(x_test)
+    params = {
+        "format": FORMAT,
+        "estimator": "sklearn.linear_model.LinearRegression",
+        "feature_names": list(data.feature_names),
+        "coef": estimator.coef_.tolist(),
+        "intercept": float(estimator.intercept_),
+        "training": {
+            "data": "sklearn.datasets.load_diabetes (scaled features)",
+            "split": "80/20, random_state=0",
+            "holdout_mae": round(float(mean_absolute_error(y_test, predicted)), 4),
+            "holdout_r2": round(float(r2_score(y_test, predicted)), 4),
+            "sklearn_version": sklearn.__version__,
+        },
+    }
+    body = (json.dumps(params, indent=2) + "\n").encode()
+    sha = hashlib.sha256(body).hexdigest()
+    manifest = {"artifact": model_path.name, "sha256": sha, "version": f"linreg-{sha[:12]}"}
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(model_path, body)
+    _write_atomic(manifest_path(model_path), (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest | {"training": params["training"]}
+
+
+def load(model_path: Path, pinned_sha256: str = "") -> LoadedModel:
+    """Read and verify the artifact; raises `ArtifactError` naming what is wrong."""
+    try:
+        body = model_path.read_bytes()
+        manifest = json.loads(manifest_path(model_path).read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(
+            f"MODEL_PATH: {exc.filename} does not exist; run `modelwatch train`"
+        ) from None
+    sha = hashlib.sha256(body).hexdigest()
+    expected = pinned_sha256 or manifest.get("sha256", "")
+    if sha != expected:
+        source = "MODEL_SHA256" if pinned_sha256 else manifest_path(model_path).name
+        raise ArtifactError(
+            f"MODEL_PATH: {model_path} has SHA-256 {sha}, but {source} says {expected}"
+        )
+    params = json.loads(body)
+    if params.get("format") != FORMAT:
+        raise ArtifactError(f"MODEL_PATH: unknown artifact format {params.get('format')!r}")
+    estimator = LinearRegression()
+    estimator.coef_ = np.asarray(params["coef"], dtype=float)
+    estimator.intercept_ = float(params["intercept"])
+    estimator.n_features_in_ = len(params["coef"])
+    return LoadedModel(estimator, manifest["version"], sha, tuple(params["feature_names"]))
+
+
+def _write_atomic(target: Path, body: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(body)
+        os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide it from other users
+    os.replace(tmp, target)

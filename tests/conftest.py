@@ -1,0 +1,179 @@
+"""Shared fixtures: a private vhost on the real RabbitMQ, a trained model, service processes.
+
+Broker tests never touch the default vhost: each gets its own, created and deleted with
+`rabbitmqctl`, so a pipeline running on this machine is not disturbed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from services.common.contracts import Contracts
+from services.model.artifact import train
+
+REPO = Path(__file__).resolve().parents[1]
+AMQP_HOST = os.environ.get("TEST_RABBITMQ_HOST", "localhost")
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str, every: float = 0.1):
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="session")
+def contracts() -> Contracts:
+    return Contracts(REPO / "contracts")
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model.json"
+    train(path)
+    return path
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    name = f"modelwatch-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield name
+    rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture
+def amqp_url(vhost: str) -> str:
+    return f"amqp://guest:guest@{AMQP_HOST}:5672/{vhost}"
+
+
+@pytest.fixture
+def service_env(amqp_url: str, model_path: Path, tmp_path: Path) -> dict[str, str]:
+    logs = tmp_path / "logs"
+    return {
+        **os.environ,
+        "RABBITMQ_URL": amqp_url,
+        "MODEL_PATH": str(model_path),
+        "METRIC_LOG_PATH": str(logs / "metric_log.csv"),
+        "METRIC_ORPHAN_LOG_PATH": str(logs / "orphans.csv"),
+        "METRIC_STATE_PATH": str(logs / "metric_state.sqlite3"),
+        "PLOT_PATH": str(logs / "error_distribution.png"),
+        "PLOT_INTERVAL_S": "0.5",
+        "FEATURES_INTERVAL_S": "0",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+
+
+class Services:
+    """Starts service processes and makes sure none outlives the test."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, **overrides: str) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env={**self.env, **overrides, "OTEL_SERVICE_NAME": name},
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        return proc.wait(timeout)
+
+    def output(self, name: str) -> str:
+        return (self.logs / f"{name}.out").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def services(service_env: dict[str, str], tmp_path: Path) -> Iterator[Services]:
+    running = Services(service_env, tmp_path / "out")
+    yield running
+    running.stop_all()
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+class Amqp:
+    """A plain pika connection for what tests do to the broker behind the services' backs."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+
+    def publish(self, exchange: str, body: bytes, headers: dict | None = None,
+                message_id: str | None = None, routing_key: str = "") -> None:
+        props = pika.BasicProperties(delivery_mode=2, headers=headers or {},
+                                     message_id=message_id, content_type="application/json")
+        self.channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
+
+    def drain(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+        """Take every message now in `queue`."""
+        found = []
+        while True:
+            method, props, body = self.channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return found
+            found.append((props, body))
+
+    def count(self, queue: str) -> int:
+        return self.channel.queue_declare(queue, passive=True).method.message_count
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+def amqp(amqp_url: str) -> Iterator[Amqp]:
+    client = Amqp(amqp_url)
+    yield client
+    if client.connection.is_open:
+        client.close()

@@ -1,0 +1,100 @@
+"""The metric store on real files: crash recovery, torn lines, refusing a foreign CSV."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from services.common.contracts import Contracts
+from services.common.settings import ConfigError
+from services.metric.handler import Half, metric_row
+from services.metric.store import AppendOnlyCsv, Store
+
+ID = "3f2b8c1e-6a4d-4e2f-9b1a-0c7d5e8f9a01"
+
+
+def open_store(folder: Path, contracts: Contracts) -> Store:
+    return Store(
+        folder / "state.sqlite3",
+        AppendOnlyCsv(folder / "metric_log.csv", contracts.columns("metric_record"), "M"),
+        AppendOnlyCsv(folder / "orphans.csv", contracts.columns("orphan_record"), "O"),
+    )
+
+
+def halves(id_: str = ID) -> tuple[Half, Half]:
+    y_true = Half(id_, "y_true", 151.0, "", "2026-11-27T11:40:35Z", "2026-11-27T11:40:35Z", "")
+    y_pred = Half(id_, "y_pred", 206.0, "linreg-1", "2026-11-27T11:40:35Z",
+                  "2026-11-27T11:40:35Z", "")
+    return y_true, y_pred
+
+
+def record(store: Store, id_: str = ID) -> None:
+    y_true, y_pred = halves(id_)
+    store.keep(y_true)
+    store.record(y_pred, metric_row(y_true, y_pred, "2026-11-27T11:40:36Z"))
+
+
+def test_pending_half_survives_a_restart(tmp_path: Path, contracts: Contracts) -> None:
+    store = open_store(tmp_path, contracts)
+    store.keep(halves()[0])
+    store.flush()
+    store.close()
+    reopened = open_store(tmp_path, contracts)
+    same, partner = reopened.lookup(ID, "y_pred")
+    assert same is None and partner is not None and partner.state == "pending"
+
+
+def test_unflushed_work_is_lost_with_the_process_not_half_kept(tmp_path: Path,
+                                                               contracts: Contracts) -> None:
+    store = open_store(tmp_path, contracts)
+    store.flush()
+    record(store)
+    store.close()  # a crash before flush: nothing was acknowledged, the broker redelivers
+    reopened = open_store(tmp_path, contracts)
+    assert reopened.lookup(ID, "y_true") == (None, None)
+    assert (tmp_path / "metric_log.csv").read_text().count("\n") == 1
+
+
+def test_rows_written_before_a_crash_are_known_after_it(tmp_path: Path,
+                                                        contracts: Contracts) -> None:
+    store = open_store(tmp_path, contracts)
+    store.flush()
+    record(store)
+    store.metrics.flush()  # the CSV write happened, the database commit did not
+    store.close()
+    reopened = open_store(tmp_path, contracts)
+    same, partner = reopened.lookup(ID, "y_true")
+    assert same is not None and same.state == "joined" and same.value == 151.0
+    assert partner is not None and partner.model_version == "linreg-1"
+
+
+def test_a_torn_last_line_is_cut_off(tmp_path: Path, contracts: Contracts) -> None:
+    store = open_store(tmp_path, contracts)
+    record(store)
+    store.flush()
+    store.close()
+    csv_path = tmp_path / "metric_log.csv"
+    good = csv_path.read_bytes()
+    csv_path.write_bytes(good + b"5e0c1e2a-0000-4000-8000-00000000,12.0,1")
+    open_store(tmp_path, contracts).close()
+    assert csv_path.read_bytes() == good
+
+
+def test_a_csv_with_other_columns_is_refused(tmp_path: Path, contracts: Contracts) -> None:
+    (tmp_path / "metric_log.csv").write_text("message_id,y_true,y_pred,absolute_error\n")
+    with pytest.raises(ConfigError, match="M: .*columns"):
+        open_store(tmp_path, contracts)
+
+
+def test_expired_and_forgotten(tmp_path: Path, contracts: Contracts) -> None:
+    store = open_store(tmp_path, contracts)
+    y_true, _ = halves()
+    store.keep(y_true)
+    assert store.expired(older_than=0) == []
+    [expired] = store.expired(older_than=2**40)
+    assert replace(expired, state="new") == y_true
+    record(store, "00000000-0000-4000-8000-000000000001")
+    assert store.forget(settled_before=2**40) == 2
+    assert store.pending_count() == 1
