@@ -102,7 +102,9 @@ class Services:
         proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
             env={**self.env, **overrides, "OTEL_SERVICE_NAME": name},
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         self.procs[name] = proc
         return proc
@@ -117,7 +119,7 @@ class Services:
         return (self.logs / f"{name}.out").read_text(errors="replace")
 
     def stop_all(self) -> None:
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs.values():
@@ -149,10 +151,20 @@ class Amqp:
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
 
-    def publish(self, exchange: str, body: bytes, headers: dict | None = None,
-                message_id: str | None = None, routing_key: str = "") -> None:
-        props = pika.BasicProperties(delivery_mode=2, headers=headers or {},
-                                     message_id=message_id, content_type="application/json")
+    def publish(
+        self,
+        exchange: str,
+        body: bytes,
+        headers: dict | None = None,
+        message_id: str | None = None,
+        routing_key: str = "",
+    ) -> None:
+        props = pika.BasicProperties(
+            delivery_mode=2,
+            headers=headers or {},
+            message_id=message_id,
+            content_type="application/json",
+        )
         self.channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
 
     def drain(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:

@@ -28,8 +28,9 @@ def test_loaded_model_predicts_like_sklearn_fitted_on_the_same_split(model_path:
     x_train, _, y_train, _ = train_test_split(data.data, data.target, test_size=0.2, random_state=0)
     reference = LinearRegression().fit(x_train, y_train)
     loaded = load(model_path)
-    np.testing.assert_allclose(loaded.estimator.predict(data.data), reference.predict(data.data),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        loaded.estimator.predict(data.data), reference.predict(data.data), rtol=1e-12
+    )
 
 
 def test_artifact_is_plain_json_not_pickle(model_path: Path) -> None:
@@ -56,5 +57,5 @@ def test_pinned_hash_must_match(model_path: Path) -> None:
 
 
 def test_missing_artifact_names_the_setting(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="MODEL_PATH.*modelwatch train"):
+    with pytest.raises(ArtifactError, match=r"MODEL_PATH.*modelwatch train"):
         load(tmp_path / "absent.json")

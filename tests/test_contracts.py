@@ -1,4 +1,4 @@
-"""Data-driven checks over every file in contracts/: a new type or version needs no new test code."""
+"""Data-driven checks over every file in contracts/: a new type or version needs no new test."""
 
 from __future__ import annotations
 

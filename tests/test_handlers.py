@@ -33,8 +33,12 @@ def message(type_: str, payload: dict, headers: dict | None = None) -> Message:
 
 def test_features_emits_a_valid_pair_sharing_id_and_time(contracts: Contracts) -> None:
     data = load_diabetes()
-    out = features.emit(data.data[3], data.target[3], "3f2b8c1e-6a4d-4e2f-9b1a-0c7d5e8f9a01",
-                        "2026-11-27T11:40:35.123456Z")
+    out = features.emit(
+        data.data[3],
+        data.target[3],
+        "3f2b8c1e-6a4d-4e2f-9b1a-0c7d5e8f9a01",
+        "2026-11-27T11:40:35.123456Z",
+    )
     assert [o.type for o in out] == ["features", "y_true"]
     for o in out:
         contracts.check_output(o.type, o.payload)
@@ -43,8 +47,9 @@ def test_features_emits_a_valid_pair_sharing_id_and_time(contracts: Contracts) -
     assert out[1].payload["y_true"] == data.target[3]
 
 
-def test_model_predicts_what_the_fitted_estimator_predicts(contracts: Contracts,
-                                                           model_path: Path) -> None:
+def test_model_predicts_what_the_fitted_estimator_predicts(
+    contracts: Contracts, model_path: Path
+) -> None:
     loaded = load(model_path)
     row = example("features", "row.json")
     [out] = model.handle(message("features", row), loaded)
@@ -58,10 +63,12 @@ def test_model_predicts_what_the_fitted_estimator_predicts(contracts: Contracts,
 
 def _halves(trace: str = "") -> tuple[metric.Half, metric.Half]:
     headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"} if trace else {}
-    y_true = metric.half_of(message("y_true", example("y_true", "label.json"), headers),
-                            "2026-11-27T11:40:35.2Z")
-    y_pred = metric.half_of(message("y_pred", example("y_pred", "prediction.json")),
-                            "2026-11-27T11:40:35.3Z")
+    y_true = metric.half_of(
+        message("y_true", example("y_true", "label.json"), headers), "2026-11-27T11:40:35.2Z"
+    )
+    y_pred = metric.half_of(
+        message("y_pred", example("y_pred", "prediction.json")), "2026-11-27T11:40:35.3Z"
+    )
     return y_true, y_pred
 
 
@@ -93,7 +100,7 @@ def test_order_of_arrival_does_not_matter() -> None:
 
 
 def test_identical_redelivery_is_a_duplicate_and_a_different_value_is_rejected() -> None:
-    y_true, y_pred = _halves()
+    _, y_pred = _halves()
     assert isinstance(metric.handle(y_pred, _pending(y_pred), None, "x"), metric.Duplicate)
     changed = replace(y_pred, value=1.0)
     with pytest.raises(Rejected, match="conflicting duplicate"):

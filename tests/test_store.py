@@ -25,8 +25,9 @@ def open_store(folder: Path, contracts: Contracts) -> Store:
 
 def halves(id_: str = ID) -> tuple[Half, Half]:
     y_true = Half(id_, "y_true", 151.0, "", "2026-11-27T11:40:35Z", "2026-11-27T11:40:35Z", "")
-    y_pred = Half(id_, "y_pred", 206.0, "linreg-1", "2026-11-27T11:40:35Z",
-                  "2026-11-27T11:40:35Z", "")
+    y_pred = Half(
+        id_, "y_pred", 206.0, "linreg-1", "2026-11-27T11:40:35Z", "2026-11-27T11:40:35Z", ""
+    )
     return y_true, y_pred
 
 
@@ -46,8 +47,9 @@ def test_pending_half_survives_a_restart(tmp_path: Path, contracts: Contracts) -
     assert same is None and partner is not None and partner.state == "pending"
 
 
-def test_unflushed_work_is_lost_with_the_process_not_half_kept(tmp_path: Path,
-                                                               contracts: Contracts) -> None:
+def test_unflushed_work_is_lost_with_the_process_not_half_kept(
+    tmp_path: Path, contracts: Contracts
+) -> None:
     store = open_store(tmp_path, contracts)
     store.flush()
     record(store)
@@ -57,8 +59,9 @@ def test_unflushed_work_is_lost_with_the_process_not_half_kept(tmp_path: Path,
     assert (tmp_path / "metric_log.csv").read_text().count("\n") == 1
 
 
-def test_rows_written_before_a_crash_are_known_after_it(tmp_path: Path,
-                                                        contracts: Contracts) -> None:
+def test_rows_written_before_a_crash_are_known_after_it(
+    tmp_path: Path, contracts: Contracts
+) -> None:
     store = open_store(tmp_path, contracts)
     store.flush()
     record(store)
@@ -84,7 +87,7 @@ def test_a_torn_last_line_is_cut_off(tmp_path: Path, contracts: Contracts) -> No
 
 def test_a_csv_with_other_columns_is_refused(tmp_path: Path, contracts: Contracts) -> None:
     (tmp_path / "metric_log.csv").write_text("message_id,y_true,y_pred,absolute_error\n")
-    with pytest.raises(ConfigError, match="M: .*columns"):
+    with pytest.raises(ConfigError, match=r"M: .*columns"):
         open_store(tmp_path, contracts)
 
 

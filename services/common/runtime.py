@@ -36,6 +36,10 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[int | None]]) ->
     try:
         setup_logging(service)
         status = asyncio.run(_with_signals(main))
+        # The work is done: a late SIGTERM (e.g. from `modelwatch up` stopping everything) must
+        # not kill the exiting interpreter, which restores default handlers while it shuts down.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,256 @@
+"""The real services on the real RabbitMQ: rows, dead letters, orphans, restarts, reconnects."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common.contracts import Contracts
+from services.model.artifact import load
+from tests.conftest import REPO, Amqp, Services, rabbitmqctl, read_csv, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+def spy_on(amqp: Amqp, *exchanges: str) -> str:
+    """A second subscriber to these message types, beside the services' own queues."""
+    queue = amqp.channel.queue_declare("", exclusive=True).method.queue
+    for exchange in exchanges:
+        amqp.channel.exchange_declare(exchange, "fanout", durable=True)
+        amqp.channel.queue_bind(queue, exchange)
+    return queue
+
+
+def headers_for(contracts: Contracts, type_: str, version: int = 1) -> dict:
+    return {"schema": contracts.schema_ids[type_, version]}
+
+
+def rows_by_id(path: Path) -> dict[str, dict[str, str]]:
+    rows = read_csv(path)
+    by_id = {r["message_id"]: r for r in rows}
+    assert len(by_id) == len(rows), "an id has two rows"
+    return by_id
+
+
+def wait_rows(path: Path, count: int, timeout: float = 60) -> dict[str, dict[str, str]]:
+    wait_until(lambda: len(read_csv(path)) >= count, timeout, f"{count} rows in {path.name}")
+    return rows_by_id(path)
+
+
+def test_up_records_one_correct_row_per_id(
+    service_env: dict, tmp_path: Path, amqp: Amqp, model_path: Path
+) -> None:
+    n = 300
+    spy = spy_on(amqp, "features", "y_true")
+    env = {**service_env, "FEATURES_COUNT": str(n), "FEATURES_INTERVAL_S": "0.001"}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        rows = wait_rows(Path(env["METRIC_LOG_PATH"]), n)
+        png = Path(env["PLOT_PATH"])
+        wait_until(lambda: png.exists() and png.stat().st_size > 10_000, 30, "the plot")
+    finally:
+        up.send_signal(signal.SIGINT)
+        output = up.communicate(timeout=60)[0]
+    assert up.returncode == 0, output
+    assert "metric_log.csv" in output and "error_distribution.png" in output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    sent = {"features": {}, "y_true": {}}
+    for props, body in amqp.drain(spy):
+        sent[props.type][props.message_id] = json.loads(body)
+    assert set(rows) == set(sent["features"]) == set(sent["y_true"])
+    assert all(uuid.UUID(i).version == 4 for i in rows)
+    model = load(model_path)
+    ids = sorted(rows)
+    expected = model.estimator.predict(np.array([sent["features"][i]["features"] for i in ids]))
+    for i, prediction in zip(ids, expected, strict=True):
+        row = rows[i]
+        assert float(row["y_pred"]) == pytest.approx(prediction, rel=1e-9)
+        assert float(row["y_true"]) == sent["y_true"][i]["y_true"]
+        assert float(row["absolute_error"]) == pytest.approx(abs(prediction - float(row["y_true"])))
+        assert row["model_version"] == model.version
+        assert 0 <= float(row["latency_ms"]) < 60_000
+    assert read_csv(Path(env["METRIC_ORPHAN_LOG_PATH"])) == []
+    for dlq in ("model.features.dlq", "metric.y_true.dlq", "metric.y_pred.dlq"):
+        assert amqp.count(dlq) == 0
+
+
+def _bad_features(contracts: Contracts) -> list[tuple[str, bytes, dict, str]]:
+    ok = headers_for(contracts, "features")
+    row = {"id": str(uuid.uuid4()), "emitted_at": "2026-11-27T11:40:35Z", "features": [0.1] * 10}
+    nan = json.dumps({**row, "features": [math.nan] * 10}).encode()
+    v9 = {"schema": contracts.schema_ids["features", 1].replace("/v1/", "/v9/")}
+    return [
+        ("not-json", b"{not json", ok, "not valid JSON"),
+        ("not-utf8", b'{"id": "\xff\xfe"}', ok, "not valid UTF-8"),
+        ("nan", nan, ok, "NaN is not a number JSON allows"),
+        (
+            "wrong-shape",
+            json.dumps({**row, "features": [0.1] * 9}).encode(),
+            ok,
+            "schema violation: features v1 at features",
+        ),
+        ("unknown-version", json.dumps(row).encode(), v9, "unknown schema version"),
+        ("no-schema", json.dumps(row).encode(), {}, "missing schema header"),
+        (
+            "wrong-type",
+            json.dumps(row).encode(),
+            headers_for(contracts, "y_true"),
+            "does not accept y_true v1",
+        ),
+    ]
+
+
+def test_bad_input_is_dead_lettered_with_its_reason_while_valid_traffic_flows(
+    services: Services, service_env: dict, amqp: Amqp, contracts: Contracts
+) -> None:
+    model, metric = services.start("model"), services.start("metric")
+    for name in ("model", "metric"):
+        wait_until(lambda n=name: "connected" in services.output(n), 30, f"{name} to connect")
+    bad = _bad_features(contracts)
+    for name, body, headers, _ in bad:
+        amqp.publish("features", body, headers, message_id=name)
+    amqp.publish("y_true", b'{"id": 1}', headers_for(contracts, "y_true"), message_id="label")
+    amqp.publish("y_pred", b"[]", headers_for(contracts, "y_pred"), message_id="prediction")
+    services.start("features", FEATURES_COUNT="50")
+    wait_rows(Path(service_env["METRIC_LOG_PATH"]), 50)
+    assert model.poll() is None and metric.poll() is None
+
+    dead = {p.message_id: p.headers for p, _ in amqp.drain("model.features.dlq")}
+    assert set(dead) == {name for name, *_ in bad}
+    for name, _, _, reason in bad:
+        assert reason in dead[name]["x-error-reason"], (name, dead[name]["x-error-reason"])
+        assert dead[name]["x-error-queue"] == "model.features"
+        assert dead[name]["x-error-service"] == "model"
+    [(label, _)] = amqp.drain("metric.y_true.dlq")
+    assert "schema violation: y_true v1" in label.headers["x-error-reason"]
+    [(prediction, _)] = amqp.drain("metric.y_pred.dlq")
+    assert "y_pred v1 at (root)" in prediction.headers["x-error-reason"]
+    assert len(read_csv(Path(service_env["METRIC_LOG_PATH"]))) == 50
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_metric_restart_loses_and_duplicates_nothing(
+    services: Services, service_env: dict, sig: int
+) -> None:
+    n = 3000
+    csv_path = Path(service_env["METRIC_LOG_PATH"])
+    services.start("metric")
+    services.start("model")
+    services.start("features", FEATURES_COUNT=str(n), FEATURES_INTERVAL_S="0.0005")
+    wait_until(lambda: len(read_csv(csv_path)) > 200, 60, "the first rows")
+    status = services.stop("metric", sig)
+    assert status == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+    before = len(read_csv(csv_path))
+    assert before < n, "the run ended before the restart; make it longer"
+    services.start("metric")
+    rows = wait_rows(csv_path, n, timeout=120)
+    assert len(rows) == n
+    assert services.stop("features") == 0
+    assert read_csv(Path(service_env["METRIC_ORPHAN_LOG_PATH"])) == []
+
+
+def test_connection_loss_mid_stream_loses_and_duplicates_nothing(
+    services: Services, service_env: dict, vhost: str
+) -> None:
+    n = 3000
+    csv_path = Path(service_env["METRIC_LOG_PATH"])
+    for name in ("metric", "model"):
+        services.start(name)
+    services.start("features", FEATURES_COUNT=str(n), FEATURES_INTERVAL_S="0.0005")
+    wait_until(lambda: len(read_csv(csv_path)) > 200, 60, "the first rows")
+    closed = 0
+    for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
+        pid, _, conn_vhost = line.partition("\t")
+        if conn_vhost == vhost:
+            rabbitmqctl("close_connection", pid, "test: connection loss")
+            closed += 1
+    assert closed >= 3
+    assert len(read_csv(csv_path)) < n, "the run ended before the fault; make it longer"
+    rows = wait_rows(csv_path, n, timeout=120)
+    assert len(rows) == n
+    assert "connection lost" in services.output("model")
+
+
+def test_a_half_without_partner_becomes_an_orphan(
+    services: Services, service_env: dict, amqp: Amqp, contracts: Contracts
+) -> None:
+    services.start("metric", METRIC_JOIN_TIMEOUT_S="1")
+    wait_until(lambda: "connected" in services.output("metric"), 30, "metric to connect")
+    label, prediction = str(uuid.uuid4()), str(uuid.uuid4())
+    now = "2026-11-27T11:40:35Z"
+    amqp.publish(
+        "y_true",
+        json.dumps({"id": label, "emitted_at": now, "y_true": 80.0}).encode(),
+        headers_for(contracts, "y_true"),
+        message_id=label,
+    )
+    amqp.publish(
+        "y_pred",
+        json.dumps(
+            {
+                "id": prediction,
+                "emitted_at": now,
+                "predicted_at": now,
+                "y_pred": 99.5,
+                "model_version": "linreg-x",
+            }
+        ).encode(),
+        headers_for(contracts, "y_pred"),
+        message_id=prediction,
+    )
+    orphans_path = Path(service_env["METRIC_ORPHAN_LOG_PATH"])
+    orphans = wait_until(
+        lambda: len(read_csv(orphans_path)) == 2 and read_csv(orphans_path),
+        30,
+        "two orphan records",
+    )
+    by_id = {o["message_id"]: o for o in orphans}
+    assert by_id[label]["half"] == "y_true" and by_id[label]["reason"] == "timeout"
+    assert by_id[prediction]["half"] == "y_pred" and by_id[prediction]["value"] == "99.5"
+    assert read_csv(Path(service_env["METRIC_LOG_PATH"])) == []
+
+
+@pytest.mark.parametrize("service", ["features", "model", "metric", "plot"])
+def test_sigterm_exits_zero(services: Services, service: str) -> None:
+    services.start(service, FEATURES_INTERVAL_S="0.01")
+    wait_until(
+        lambda: "connected" in services.output(service) or "drew" in services.output(service),
+        30,
+        f"{service} to start",
+    )
+    assert services.stop(service) == 0, services.output(service)
+
+
+def test_wrong_password_fails_at_start_naming_the_setting(service_env: dict, vhost: str) -> None:
+    env = {**service_env, "RABBITMQ_URL": f"amqp://guest:wrong@localhost:5672/{vhost}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.model"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "RABBITMQ_URL" in done.stderr and "password" in done.stderr
+
+
+def test_env_is_not_leaking_into_default_vhost() -> None:
+    assert "RABBITMQ_URL" not in os.environ or "modelwatch-test" not in os.environ["RABBITMQ_URL"]
