@@ -27,7 +27,7 @@ from services.features.settings import Settings
 log = logging.getLogger("modelwatch.features")
 
 
-async def main(stop: asyncio.Event) -> None:
+async def main(stop: asyncio.Event) -> int:
     settings = Settings.from_env(environ())
     data = load_diabetes()
     rng = random.Random(settings.seed)
@@ -50,9 +50,20 @@ async def main(stop: asyncio.Event) -> None:
             await _sleep_or_stop(stop, settings.interval_s)
         else:
             await asyncio.sleep(0)  # let confirms and the socket be serviced between rows
-    await asyncio.gather(*in_flight)
-    log.info("emitted %d rows, all confirmed by the broker", emitted)
+    # A finite run waits as long as it takes; a stopped one gives the broker a bounded time.
+    _, unconfirmed = (
+        await asyncio.wait(in_flight, timeout=30 if stop.is_set() else None)
+        if in_flight
+        else (set(), set())
+    )
     await broker.stop()
+    if unconfirmed:
+        log.error(
+            "stopping with %d of %d rows not confirmed by the broker", len(unconfirmed), emitted
+        )
+        return 1
+    log.info("emitted %d rows, all confirmed by the broker", emitted)
+    return 0
 
 
 async def _send_all(broker: Broker, messages: list) -> None:

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: the service only writes files
 
+import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
@@ -53,9 +54,9 @@ def _over_time(ax, when: pd.Series, errors: pd.Series, window: int) -> None:
     rolling = errors.rolling(window, min_periods=1)
     ax.plot(when, rolling.mean(), color="red", label=f"rolling mean ({window} rows)")
     ax.plot(when, rolling.quantile(0.9), color="orange", label="rolling 90th percentile")
-    ax.set(title="Absolute error over time", xlabel="recorded at (UTC)", ylabel="absolute error")
+    ax.set(title="Absolute error over time", ylabel="absolute error")
     ax.legend(loc="upper left")
-    ax.tick_params(axis="x", labelrotation=20)
+    _time_axis(ax)
 
 
 def _pred_vs_true(ax, frame: pd.DataFrame) -> None:
@@ -75,7 +76,14 @@ def _latency(ax, when: pd.Series, latency: pd.Series, window: int) -> None:
         color="black",
         label=f"rolling median ({window} rows)",
     )
-    ax.set(title="Emit-to-record latency", xlabel="recorded at (UTC)", ylabel="ms")
-    ax.set_yscale("log")
+    ax.set(title="Emit-to-record latency", ylabel="ms")
+    ax.set_ylim(bottom=0)
     ax.legend(loc="upper left")
-    ax.tick_params(axis="x", labelrotation=20)
+    _time_axis(ax)
+
+
+def _time_axis(ax) -> None:
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlabel("recorded at (UTC)")

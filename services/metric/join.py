@@ -1,0 +1,53 @@
+"""Applies the handler's decisions to the store; called by the broker loop and the sweeper."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from services.common.contracts import Contracts
+from services.common.messages import Message, Outgoing, utc_now
+from services.metric import handler
+from services.metric.settings import Settings
+from services.metric.store import Store
+
+log = logging.getLogger("modelwatch.metric")
+
+
+def on_half(message: Message, store: Store, contracts: Contracts) -> list[Outgoing]:
+    """Apply the handler's decision to the store; the broker acks after the next flush."""
+    half = handler.half_of(message, utc_now())
+    same, partner = store.lookup(half.id, half.kind)
+    decision = handler.handle(half, same, partner, utc_now())
+    match decision:
+        case handler.Keep():
+            store.keep(half)
+        case handler.Record(row=row):
+            contracts.check_output("metric_record", row)
+            store.record(half, row)
+        case handler.Orphan(record=record):
+            contracts.check_output("orphan_record", record)
+            store.orphan(half, record)
+        case handler.Duplicate():
+            log.info("duplicate %s for %s ignored", half.kind, half.id)
+    return []
+
+
+def sweep(store: Store, contracts: Contracts, settings: Settings) -> None:
+    """Record halves that waited longer than the join timeout as orphans; forget old ids."""
+    now = time.time()
+    for half in store.expired(now - settings.join_timeout_s):
+        record = handler.orphan_record(half, utc_now(), "timeout")
+        contracts.check_output("orphan_record", record)
+        store.orphan(half, record)
+        log.warning(
+            "%s for %s had no partner after %g s: recorded as an orphan",
+            half.kind,
+            half.id,
+            settings.join_timeout_s,
+        )
+    store.forget(now - settings.dedup_retention_s)
+    try:
+        store.flush()
+    except OSError as exc:
+        log.error("could not write orphan records (%s); will retry", exc)
