@@ -101,7 +101,7 @@ class Services:
         out = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
-            env={**self.env, **overrides, "OTEL_SERVICE_NAME": name},
+            env={**self.env, **overrides},
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,

@@ -17,6 +17,7 @@ deliveries are in flight and the broker confirms them in batches.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -25,6 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pika
+from opentelemetry import trace
+from opentelemetry.instrumentation.pika import PikaInstrumentor
+from opentelemetry.instrumentation.pika.utils import _decorate_callback
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.exceptions import (
     AuthenticationError,
@@ -34,6 +39,9 @@ from pika.exceptions import (
 )
 from pika.spec import Basic
 
+from observability import attributes as attr
+from observability import tracer
+from observability.messaging import consume_hook, publish_hook
 from services.common.contracts import Contracts, QueueSpec, Topology
 from services.common.messages import Message, Outgoing, Rejected, decode_body, encode_body, utc_now
 
@@ -53,6 +61,8 @@ class _Consumer:
     spec: QueueSpec
     accepts: frozenset[int]
     handler: Handler
+    span: str
+    span_attributes: dict[str, Any]
 
 
 @dataclass
@@ -71,6 +81,7 @@ class _Batch:
 
     channel: Any
     tags: list[int] = field(default_factory=list)
+    spans: list[SpanContext] = field(default_factory=list)
 
 
 class Broker:
@@ -100,21 +111,42 @@ class Broker:
 
     # -- life cycle -------------------------------------------------------------------------------
 
-    def consume(self, type_: str, handler: Handler) -> None:
-        """Consume this service's queue for `type_` (from the catalog) with `handler`."""
+    def consume(
+        self, type_: str, handler: Handler, span: str = "", span_attributes: dict | None = None
+    ) -> None:
+        """Consume this service's queue for `type_` (from the catalog) with `handler`.
+
+        With `span`, each handler call gets a span of that name (e.g. "predict") under the
+        message's process span.
+        """
         entry = self._contracts.consumer(self._service, type_)
         spec = next(q for q in self._topology.queues if q.name == entry.queue)
-        self._consumers.append(_Consumer(spec, frozenset(entry.accepts), handler))
+        consumer = _Consumer(spec, frozenset(entry.accepts), handler, span, span_attributes or {})
+        self._consumers.append(consumer)
 
     def on_flush(self, flush: Callable[[], None]) -> None:
         """Make handler effects durable in batches: `flush` runs before inputs are acknowledged."""
         self._flush = flush
 
-    async def start(self) -> None:
-        """Connect, declare the topology and start consuming; fatal errors raise `BrokerError`."""
+    async def start(self, stop: asyncio.Event) -> bool:
+        """Connect, declare the topology and start consuming; False if `stop` came first.
+
+        Retries until the broker answers; errors retrying cannot fix raise `BrokerError`.
+        """
         self._fatal = asyncio.get_running_loop().create_future()
-        await self._connect()
+        connecting = asyncio.ensure_future(self._connect())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({connecting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            self._stopping = True
+            if self._conn is not None and not (self._conn.is_closed or self._conn.is_closing):
+                self._conn.close()
+            return False
+        connecting.result()  # re-raises BrokerError
         self._supervisor = asyncio.create_task(self._supervise())
+        return True
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then stop cleanly; re-raises a fatal error instead."""
@@ -202,6 +234,11 @@ class Broker:
         except ProbableAccessDeniedError:
             raise BrokerError("RABBITMQ_URL: the user may not open that vhost") from None
         self._chan = await self._call(lambda cb: conn.channel(on_open_callback=cb))
+        # Trace context rides in the AMQP headers: the instrumentation injects it in a PRODUCER
+        # span on publish and extracts it for a CONSUMER span around each delivery callback.
+        PikaInstrumentor.instrument_channel(
+            self._chan, publish_hook=publish_hook, consume_hook=consume_hook
+        )
         self._chan.add_on_close_callback(self._on_channel_closed)
         self._chan.add_on_return_callback(self._on_return)
         self._chan.add_on_cancel_callback(self._on_cancelled)
@@ -216,7 +253,7 @@ class Broker:
                 lambda cb: self._chan.basic_qos(prefetch_count=self._prefetch, callback=cb)
             )
         for consumer in self._consumers:
-            self._chan.basic_consume(consumer.spec.name, self._delivery_callback(consumer))
+            self._chan.basic_consume(consumer.spec.name, self._traced(consumer))
         log.info(
             "connected to %s:%s vhost %r",
             self._params.host,
@@ -362,6 +399,21 @@ class Broker:
 
     # -- consuming --------------------------------------------------------------------------------
 
+    def _traced(self, consumer: _Consumer) -> Callable[..., None]:
+        """The delivery callback inside the instrumentation's CONSUMER span.
+
+        instrument_channel() only wraps consumers whose registration has an
+        `on_message_callback` attribute (BlockingChannel's); the async Channel stores the bare
+        callback, so it would skip ours silently. We apply the instrumentation's own decorator,
+        which extracts the context from the headers and opens the span.
+        """
+        callback = self._delivery_callback(consumer)
+        decorated = _decorate_callback(
+            callback, tracer("opentelemetry.instrumentation.pika"), consumer.spec.name, consume_hook
+        )
+        decorated._original_callback = callback  # type: ignore[attr-defined] # no double wrap
+        return decorated
+
     def _delivery_callback(self, consumer: _Consumer) -> Callable[..., None]:
         def on_delivery(chan: Any, method: Any, props: Any, body: bytes) -> None:
             self._unsettled += 1
@@ -379,7 +431,7 @@ class Broker:
         tag = method.delivery_tag
         try:
             message = self._decode(consumer, props, body, method.redelivered)
-            outputs = consumer.handler(message)
+            outputs = self._call_handler(consumer, message)
         except Rejected as exc:
             self._dead_letter(consumer.spec, chan, method, props, body, exc.reason)
             return
@@ -405,6 +457,13 @@ class Broker:
 
         for out in outputs:
             self.publish_nowait(out, confirmed)
+
+    def _call_handler(self, consumer: _Consumer, message: Message) -> Sequence[Outgoing]:
+        if not consumer.span:
+            return consumer.handler(message)
+        attributes = {attr.MESSAGING_MESSAGE_ID: message.id, **consumer.span_attributes}
+        with tracer().start_as_current_span(consumer.span, attributes=attributes):
+            return consumer.handler(message)
 
     def _decode(self, consumer: _Consumer, props: Any, body: bytes, redelivered: bool) -> Message:
         headers = props.headers or {}
@@ -438,6 +497,9 @@ class Broker:
     ) -> None:
         """Publish the input unchanged to `<queue>.dlq` with why, then ack it."""
         log.warning("dead-lettering %s from %s: %s", props.message_id, spec.name, reason)
+        span = trace.get_current_span()
+        span.set_attribute(attr.DEAD_LETTER_REASON, reason)
+        span.set_status(Status(StatusCode.ERROR, reason))
         headers = dict(props.headers or {})
         headers.update(
             {
@@ -470,8 +532,10 @@ class Broker:
             return
         if self._batch is None:
             self._batch = _Batch(chan)
-            asyncio.get_running_loop().call_soon(self._flush_batch)
+            # A fresh context: the flush serves many messages and belongs to none of their traces.
+            asyncio.get_running_loop().call_soon(self._flush_batch, context=contextvars.Context())
         self._batch.tags.append(tag)
+        self._batch.spans.append(trace.get_current_span().get_span_context())
 
     def _flush_batch(self, attempt: int = 0) -> None:
         """Runs once the deliveries that arrived together are handled: flush, then ack them."""
@@ -480,7 +544,11 @@ class Broker:
             return
         try:
             assert self._flush is not None
-            self._flush()
+            links = [Link(s) for s in batch.spans if s.is_valid]
+            with tracer().start_as_current_span(
+                "flush results", links=links, attributes={attr.BATCH_ROWS: len(batch.tags)}
+            ):
+                self._flush()
         except OSError as exc:
             # Disk full and the like: keep the inputs unacked and try again; never dead-letter
             # good messages because the disk is unwell.

@@ -1,7 +1,8 @@
 """Start-up and shutdown shared by every service's `__main__`.
 
-`run(name, main)` sets up logging, turns SIGTERM and Ctrl+C into a stop event, and maps a bad
-setting or a fatal broker error to a one-line message and exit status 2 instead of a traceback.
+`run(name, main)` sets up logging and tracing, turns SIGTERM and Ctrl+C into a stop event, and
+maps a bad setting or a fatal broker error to a one-line message and exit status 2 instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from observability import setup_tracing, shutdown_tracing
+from observability.tracing import TraceContextFilter
 from services.common.broker import BrokerError
 from services.common.settings import ConfigError
 
@@ -23,29 +26,32 @@ def setup_logging(service: str) -> None:
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
-        stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TraceContextFilter())
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s%(trace)s")
     )
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("pika").setLevel(logging.WARNING)
 
 
 def run(service: str, main: Callable[[asyncio.Event], Awaitable[int | None]]) -> None:
     """Run `main(stop)` until it returns; exit with its status (0 when it returns None)."""
+    status: int | None = 2
     try:
         setup_logging(service)
+        setup_tracing(service)
         status = asyncio.run(_with_signals(main))
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+    except BrokerError as exc:
+        print(f"{service}: {exc}", file=sys.stderr)
+    finally:
         # The work is done: a late SIGTERM (e.g. from `modelwatch up` stopping everything) must
         # not kill the exiting interpreter, which restores default handlers while it shuts down.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
-    except ConfigError as exc:
-        print(f"{service}: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except BrokerError as exc:
-        print(f"{service}: {exc}", file=sys.stderr)
-        sys.exit(2)
+        shutdown_tracing()
     sys.exit(status or 0)
 
 

@@ -16,6 +16,8 @@ import uuid
 
 from sklearn.datasets import load_diabetes
 
+from observability import attributes as attr
+from observability import tracer
 from services.common.broker import Broker
 from services.common.contracts import Contracts
 from services.common.messages import utc_now
@@ -32,7 +34,8 @@ async def main(stop: asyncio.Event) -> int:
     data = load_diabetes()
     rng = random.Random(settings.seed)
     broker = Broker(settings.rabbitmq_url, Contracts(settings.contracts_dir), "features")
-    await broker.start()
+    if not await broker.start(stop):
+        return 0
     window = asyncio.Semaphore(settings.max_in_flight)
     in_flight: set[asyncio.Task[None]] = set()
     emitted = 0
@@ -67,7 +70,12 @@ async def main(stop: asyncio.Event) -> int:
 
 
 async def _send_all(broker: Broker, messages: list) -> None:
-    await asyncio.gather(*(broker.publish(m) for m in messages))
+    # One emission, one trace: both publishes are children of this span, which ends once the
+    # broker confirmed them.
+    with tracer().start_as_current_span(
+        "emit", attributes={attr.MESSAGING_MESSAGE_ID: messages[0].id}
+    ):
+        await asyncio.gather(*(broker.publish(m) for m in messages))
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -43,7 +43,9 @@ async def main(stop: asyncio.Event) -> None:
     broker.consume("y_true", process)
     broker.consume("y_pred", process)
     broker.on_flush(store.flush)
-    await broker.start()
+    if not await broker.start(stop):
+        store.close()
+        return
     sweeper = asyncio.create_task(sweep_forever(store, contracts, settings))
     try:
         await broker.run_until(stop)

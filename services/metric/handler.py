@@ -26,6 +26,7 @@ class Half:
     emitted_at: str
     received_at: str
     trace_id: str
+    span_id: str = ""  # of the span that processed this half, for the record span's links
     state: str = "new"  # new, pending, joined or orphaned
 
 

@@ -29,11 +29,13 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS halves (
     id TEXT NOT NULL, kind TEXT NOT NULL, value REAL NOT NULL, model_version TEXT NOT NULL,
     emitted_at TEXT NOT NULL, received_at TEXT NOT NULL, trace_id TEXT NOT NULL,
-    state TEXT NOT NULL, since REAL NOT NULL, PRIMARY KEY (id, kind)
+    span_id TEXT NOT NULL, state TEXT NOT NULL, since REAL NOT NULL, PRIMARY KEY (id, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS halves_by_state ON halves (state, since);
 CREATE TABLE IF NOT EXISTS file_ends (path TEXT PRIMARY KEY, size INTEGER NOT NULL);
 """
+_HALF_COLUMNS = "id, kind, value, model_version, emitted_at, received_at, trace_id, span_id, state"
+_TEN_PLACES = ", ".join("?" * 10)
 
 
 class AppendOnlyCsv:
@@ -96,8 +98,7 @@ class Store:
         found = {
             row[1]: Half(*row)
             for row in self._db.execute(
-                "SELECT id, kind, value, model_version, emitted_at, received_at, trace_id, state "
-                "FROM halves WHERE id = ?",
+                f"SELECT {_HALF_COLUMNS} FROM halves WHERE id = ?",
                 (id_,),
             )
         }
@@ -124,8 +125,7 @@ class Store:
         return [
             Half(*row)
             for row in self._db.execute(
-                "SELECT id, kind, value, model_version, emitted_at, received_at, trace_id, state "
-                "FROM halves WHERE state = 'pending' AND since < ?",
+                f"SELECT {_HALF_COLUMNS} FROM halves WHERE state = 'pending' AND since < ?",
                 (older_than,),
             )
         ]
@@ -156,7 +156,7 @@ class Store:
 
     def _put(self, half: Half, state: str) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO halves VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO halves ({_HALF_COLUMNS}, since) VALUES ({_TEN_PLACES})",
             (
                 half.id,
                 half.kind,
@@ -165,6 +165,7 @@ class Store:
                 half.emitted_at,
                 half.received_at,
                 half.trace_id,
+                half.span_id,
                 state,
                 time.time(),
             ),

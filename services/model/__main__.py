@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 
+from observability import attributes as attr
 from services.common.broker import Broker
 from services.common.contracts import Contracts
 from services.common.runtime import run
@@ -30,10 +31,15 @@ async def main(stop: asyncio.Event) -> None:
         "model",
         prefetch=settings.prefetch,
     )
-    broker.consume("features", functools.partial(handler.handle, model=model))
-    await broker.start()
-    await stop.wait()
-    await broker.stop()
+    broker.consume(
+        "features",
+        functools.partial(handler.handle, model=model),
+        span="predict",
+        span_attributes={attr.MODEL_VERSION: model.version},
+    )
+    if not await broker.start(stop):
+        return
+    await broker.run_until(stop)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Tracing set-up: one function, configured only by the standard OpenTelemetry variables.
+
+`setup_tracing(default_name)` reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the service's own
+name is only the fallback, so the environment always wins), OTEL_TRACES_EXPORTER (otlp, console,
+none, or a comma-separated list), OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf or grpc),
+OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318, where Jaeger listens),
+OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, OTEL_BSP_* and OTEL_SDK_DISABLED. Spans leave through
+a BatchSpanProcessor, so a slow or dead backend never slows the pipeline: spans are dropped and
+that is reported once, not once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from services.common.settings import ConfigError
+
+log = logging.getLogger("modelwatch.tracing")
+
+SAMPLERS = {
+    "always_on", "always_off", "traceidratio",
+    "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
+}  # fmt: skip
+_provider: TracerProvider | None = None
+_exports: list[_Reporting] = []
+
+
+def setup_tracing(default_name: str, env: Mapping[str, str] = os.environ) -> None:
+    """Install the global tracer provider for this process; a bad variable raises ConfigError."""
+    global _provider
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return
+    exporters = _exporters(env)
+    sampler = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: default_name}))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    for exporter in exporters:
+        _exports.append(_Reporting(exporter))
+        provider.add_span_processor(BatchSpanProcessor(_exports[-1]))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    # The exporters log each failed batch; _Reporting says it once instead.
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+    logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(_Once())
+
+
+def shutdown_tracing(timeout_s: float = 5.0) -> None:
+    """Export what is buffered, but never wait more than `timeout_s` for a backend to answer."""
+    if _provider is None:
+        return
+    if any(e.failing for e in _exports):
+        timeout_s = min(timeout_s, 0.5)  # a backend that is down will not take them now either
+    worker = threading.Thread(target=_provider.shutdown, daemon=True, name="otel-shutdown")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("trace backend did not take the last spans within %g s; dropped", timeout_s)
+
+
+def tracer(name: str = "modelwatch") -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
+    names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
+    unknown = set(names) - {"otlp", "console", "none", ""}
+    if unknown:
+        raise ConfigError(f"OTEL_TRACES_EXPORTER must be otlp, console or none, got {unknown}")
+    exporters: list[SpanExporter] = []
+    if "console" in names:
+        exporters.append(ConsoleSpanExporter())
+    if "otlp" in names:
+        exporters.append(_otlp(env))
+    return exporters
+
+
+def _otlp(env: Mapping[str, str]) -> SpanExporter:
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol.strip() == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol.strip() == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter()
+    raise ConfigError(
+        f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc, got {protocol!r}"
+    )
+
+
+class _Reporting(SpanExporter):
+    """Says once that exports fail (and once that they work again), instead of every batch."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+        self.failing = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:  # noqa: BLE001 - an exporter bug must not reach the pipeline
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.FAILURE and not self.failing:
+            self.failing = True
+            log.warning(
+                "trace export with %s failed; spans are dropped until it works again "
+                "(rows are recorded as usual)",
+                type(self._inner).__name__,
+            )
+        elif result is SpanExportResult.SUCCESS and self.failing:
+            self.failing = False
+            log.warning("trace export works again")
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message template through once (e.g. 'Queue full, dropping spans')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[object] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self._seen:
+            return False
+        self._seen.add(record.msg)
+        return True
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds `trace` to every log record: ' trace_id=… span_id=…' inside a span, else ''."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        record.trace = (
+            f" trace_id={context.trace_id:032x} span_id={context.span_id:016x}"
+            if context.is_valid
+            else ""
+        )
+        return True

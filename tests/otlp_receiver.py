@@ -1,0 +1,100 @@
+"""A small OTLP/HTTP trace receiver for tests: what the real exporters send, decoded."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+
+KINDS = {
+    ProtoSpan.SPAN_KIND_INTERNAL: "INTERNAL",
+    ProtoSpan.SPAN_KIND_PRODUCER: "PRODUCER",
+    ProtoSpan.SPAN_KIND_CONSUMER: "CONSUMER",
+    ProtoSpan.SPAN_KIND_SERVER: "SERVER",
+    ProtoSpan.SPAN_KIND_CLIENT: "CLIENT",
+    ProtoSpan.SPAN_KIND_UNSPECIFIED: "UNSPECIFIED",
+}
+
+
+@dataclass
+class Span:
+    service: str
+    name: str
+    kind: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    links: list[tuple[str, str]] = field(default_factory=list)
+    status_code: int = 0
+
+
+def _value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+class Receiver:
+    """Listens on 127.0.0.1 at a free port; `endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT takes."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.requests = 0
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                receiver._add(request)
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if self.path == "/v1/traces" else 404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _add(self, request: ExportTraceServiceRequest) -> None:
+        found = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            for scope in resource_spans.scope_spans:
+                for s in scope.spans:
+                    found.append(Span(
+                        service=resource.get("service.name", ""), name=s.name, kind=KINDS[s.kind],
+                        trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
+                        parent_id=s.parent_span_id.hex(),
+                        attributes={a.key: _value(a.value) for a in s.attributes},
+                        resource=resource,
+                        links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
+                        status_code=s.status.code,
+                    ))  # fmt: skip
+        with self._lock:
+            self.requests += 1
+            self.spans.extend(found)
+
+    def snapshot(self) -> list[Span]:
+        with self._lock:
+            return list(self.spans)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
