@@ -29,11 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     train = commands.add_parser("train", help="fit the model and write MODEL_PATH and its manifest")
     train.add_argument("--if-missing", action="store_true", help="do nothing if MODEL_PATH exists")
     commands.add_parser("up", help="train if needed, then run all four services until Ctrl+C")
+    broker = commands.add_parser("broker", help="broker set-up derived from the contracts")
+    broker.add_argument("what", choices=["definitions"], help="print the RabbitMQ definitions")
+    broker.add_argument("--vhost", default="modelwatch")
     args = parser.parse_args(argv)
     if args.command in SERVICES:
         runpy.run_module(f"services.{args.command}", run_name="__main__")
     elif args.command == "train":
         sys.exit(_train(args.if_missing))
+    elif args.command == "broker":
+        print(_definitions(args.vhost))
     else:
         sys.exit(_up())
 
@@ -53,6 +58,14 @@ def _train(if_missing: bool) -> int:
     print(f"trained {manifest['version']} -> {model_path}")
     print(json.dumps(manifest, indent=2))
     return 0
+
+
+def _definitions(vhost: str) -> str:
+    from services.common.contracts import Contracts
+    from services.common.definitions import build
+
+    contracts = Contracts(env_.contracts_dir(os.environ))
+    return json.dumps(build(contracts, vhost), indent=2)
 
 
 def _up() -> int:

@@ -44,6 +44,7 @@ from observability import tracer
 from observability.messaging import consume_hook, publish_hook
 from services.common.contracts import Contracts, QueueSpec, Topology
 from services.common.messages import Message, Outgoing, Rejected, decode_body, encode_body, utc_now
+from services.common.settings import BrokerSettings
 
 log = logging.getLogger("modelwatch.broker")
 
@@ -87,13 +88,14 @@ class _Batch:
 class Broker:
     """One connection and one channel, kept open for the life of a service."""
 
-    def __init__(self, url: str, contracts: Contracts, service: str, *, prefetch: int = 256):
-        self._params = pika.URLParameters(url)
+    def __init__(self, settings: BrokerSettings, contracts: Contracts, service: str):
+        self._params = pika.URLParameters(settings.url)
         self._params.connection_attempts = 1
         self._contracts = contracts
         self._topology: Topology = contracts.topology()
         self._service = service
-        self._prefetch = prefetch
+        self._prefetch = settings.prefetch
+        self._verify_only = settings.topology == "verify"
         self._consumers: list[_Consumer] = []
         self._flush: Callable[[], None] | None = None
         self._conn: AsyncioConnection | None = None
@@ -245,9 +247,10 @@ class Broker:
         await self._call(lambda cb: self._chan.confirm_delivery(self._on_confirm, callback=cb))
         self._next_tag = 0
         try:
-            await self._declare()
+            await (self._verify() if self._verify_only else self._declare())
         except ChannelClosedByBroker as exc:
-            raise BrokerError(f"declaring the topology failed: {exc.reply_text}") from None
+            how = "RABBITMQ_TOPOLOGY=verify: " if self._verify_only else "declaring the topology: "
+            raise BrokerError(f"{how}{exc.reply_text}") from None
         if self._consumers:
             await self._call(
                 lambda cb: self._chan.basic_qos(prefetch_count=self._prefetch, callback=cb)
@@ -277,13 +280,13 @@ class Broker:
         for q in topo.queues:
             await self._call(
                 lambda cb, q=q: ch.queue_declare(
-                    q.name, durable=True, arguments=_queue_arguments(topo, q), callback=cb
+                    q.name, durable=True, arguments=topo.queue_arguments(q), callback=cb
                 )
             )
             await self._call(lambda cb, q=q: ch.queue_bind(q.name, q.exchange, callback=cb))
             await self._call(
                 lambda cb, q=q: ch.queue_declare(
-                    q.dlq, durable=True, arguments={"x-queue-type": "quorum"}, callback=cb
+                    q.dlq, durable=True, arguments=topo.DLQ_ARGUMENTS, callback=cb
                 )
             )
             await self._call(
@@ -291,6 +294,17 @@ class Broker:
                     q.dlq, topo.dead_letter_exchange, routing_key=q.name, callback=cb
                 )
             )
+
+    async def _verify(self) -> None:
+        """Check the preloaded topology exists; passive declares need no configure permission."""
+        topo = self._topology
+        ch = self._chan
+        for exchange in (topo.dead_letter_exchange, *topo.exchanges):
+            await self._call(
+                lambda cb, e=exchange: ch.exchange_declare(e, passive=True, callback=cb)
+            )
+        for name in (n for q in topo.queues for n in (q.name, q.dlq)):
+            await self._call(lambda cb, n=name: ch.queue_declare(n, passive=True, callback=cb))
 
     async def _call(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
         """Run a pika call that reports through a callback, failing if the channel dies."""
@@ -577,17 +591,6 @@ class Broker:
             chan.basic_nack(tag, requeue=True)
         else:
             chan.basic_ack(tag)
-
-
-def _queue_arguments(topo: Topology, q: QueueSpec) -> dict[str, Any]:
-    return {
-        "x-queue-type": "quorum",
-        "x-dead-letter-exchange": topo.dead_letter_exchange,
-        "x-dead-letter-routing-key": q.name,
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
-        "x-delivery-limit": topo.delivery_limit,
-    }
 
 
 def _resolve(fut: asyncio.Future[tuple[bool, str]], ok: bool, why: str) -> None:

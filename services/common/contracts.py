@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -59,6 +59,19 @@ class Topology:
     queues: tuple[QueueSpec, ...]
     dead_letter_exchange: str
     delivery_limit: int
+
+    def queue_arguments(self, queue: QueueSpec) -> dict[str, Any]:
+        """A consumer queue: quorum, bounded redeliveries, dead letters that cannot be dropped."""
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-dead-letter-routing-key": queue.name,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-delivery-limit": self.delivery_limit,
+        }
+
+    DLQ_ARGUMENTS: ClassVar[dict[str, Any]] = {"x-queue-type": "quorum"}
 
 
 class Contracts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -82,6 +83,30 @@ def amqp_url(env: Mapping[str, str], name: str = "RABBITMQ_URL") -> str:
     except ValueError:
         raise ConfigError(f"{name} has an invalid port: {url!r}") from None
     return url
+
+
+def choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """How a service talks to RabbitMQ: shared by every service that uses the broker."""
+
+    url: str
+    topology: str  # "declare": create what is missing; "verify": only check it exists
+    prefetch: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BrokerSettings:
+        return cls(
+            url=amqp_url(env),
+            topology=choice(env, "RABBITMQ_TOPOLOGY", "declare", ("declare", "verify")),
+            prefetch=integer(env, "PREFETCH", 256, minimum=1),
+        )
 
 
 def contracts_dir(env: Mapping[str, str]) -> Path:

@@ -33,7 +33,7 @@ async def main(stop: asyncio.Event) -> int:
     settings = Settings.from_env(environ())
     data = load_diabetes()
     rng = random.Random(settings.seed)
-    broker = Broker(settings.rabbitmq_url, Contracts(settings.contracts_dir), "features")
+    broker = Broker(settings.broker, Contracts(settings.contracts_dir), "features")
     if not await broker.start(stop):
         return 0
     window = asyncio.Semaphore(settings.max_in_flight)

@@ -11,7 +11,7 @@ from services.common import settings as env_
 
 @dataclass(frozen=True)
 class Settings:
-    rabbitmq_url: str
+    broker: env_.BrokerSettings
     contracts_dir: Path
     interval_s: float
     count: int
@@ -22,7 +22,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         seed = env_.integer(env, "FEATURES_SEED", -1, minimum=-1)
         return cls(
-            rabbitmq_url=env_.amqp_url(env),
+            broker=env_.BrokerSettings.from_env(env),
             contracts_dir=env_.contracts_dir(env),
             interval_s=env_.number(env, "FEATURES_INTERVAL_S", 1.0),
             count=env_.integer(env, "FEATURES_COUNT", 0),

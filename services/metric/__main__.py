@@ -38,7 +38,7 @@ async def main(stop: asyncio.Event) -> None:
     log.info(
         "writing %s (%d halves waiting for a partner)", settings.log_path, store.pending_count()
     )
-    broker = Broker(settings.rabbitmq_url, contracts, "metric", prefetch=settings.prefetch)
+    broker = Broker(settings.broker, contracts, "metric")
     process = functools.partial(on_half, store=store, contracts=contracts)
     broker.consume("y_true", process)
     broker.consume("y_pred", process)

@@ -25,12 +25,7 @@ async def main(stop: asyncio.Event) -> None:
     except ArtifactError as exc:
         raise ConfigError(str(exc)) from None
     log.info("loaded model %s (sha256 %s)", model.version, model.sha256)
-    broker = Broker(
-        settings.rabbitmq_url,
-        Contracts(settings.contracts_dir),
-        "model",
-        prefetch=settings.prefetch,
-    )
+    broker = Broker(settings.broker, Contracts(settings.contracts_dir), "model")
     broker.consume(
         "features",
         functools.partial(handler.handle, model=model),

@@ -13,11 +13,10 @@ from services.common.settings import ConfigError
 
 @dataclass(frozen=True)
 class Settings:
-    rabbitmq_url: str
+    broker: env_.BrokerSettings
     contracts_dir: Path
     model_path: Path
     model_sha256: str
-    prefetch: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -25,9 +24,8 @@ class Settings:
         if pinned and not re.fullmatch(r"[0-9a-f]{64}", pinned):
             raise ConfigError(f"MODEL_SHA256 must be 64 hex digits, got {pinned!r}")
         return cls(
-            rabbitmq_url=env_.amqp_url(env),
+            broker=env_.BrokerSettings.from_env(env),
             contracts_dir=env_.contracts_dir(env),
             model_path=env_.path(env, "MODEL_PATH", "models/model.json"),
             model_sha256=pinned,
-            prefetch=env_.integer(env, "PREFETCH", 256, minimum=1),
         )
