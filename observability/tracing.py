@@ -35,7 +35,12 @@ SAMPLERS = {
     "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
 }  # fmt: skip
 _provider: TracerProvider | None = None
-_exports: list[_Reporting] = []
+
+
+class _Health:
+    """Whether span export is failing right now; shared by the exporters of this process."""
+
+    failing = False
 
 
 def setup_tracing(default_name: str, env: Mapping[str, str] = os.environ) -> None:
@@ -52,12 +57,13 @@ def setup_tracing(default_name: str, env: Mapping[str, str] = os.environ) -> Non
         resource = resource.merge(Resource({SERVICE_NAME: default_name}))
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for exporter in exporters:
-        _exports.append(_Reporting(exporter))
-        provider.add_span_processor(BatchSpanProcessor(_exports[-1]))
+        provider.add_span_processor(BatchSpanProcessor(_Reporting(exporter)))
     trace.set_tracer_provider(provider)
     _provider = provider
-    # The exporters log each failed batch; _Reporting says it once instead.
-    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+    # The exporters log every failed attempt; _ExportTrouble turns that into one warning.
+    exporter_logs = logging.getLogger("opentelemetry.exporter")
+    exporter_logs.addHandler(_ExportTrouble())
+    exporter_logs.propagate = False
     logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(_Once())
 
 
@@ -65,7 +71,7 @@ def shutdown_tracing(timeout_s: float = 5.0) -> None:
     """Export what is buffered, but never wait more than `timeout_s` for a backend to answer."""
     if _provider is None:
         return
-    if any(e.failing for e in _exports):
+    if _Health.failing:
         timeout_s = min(timeout_s, 0.5)  # a backend that is down will not take them now either
     worker = threading.Thread(target=_provider.shutdown, daemon=True, name="otel-shutdown")
     worker.start()
@@ -110,27 +116,35 @@ def _otlp(env: Mapping[str, str]) -> SpanExporter:
     )
 
 
+class _ExportTrouble(logging.Handler):
+    """Receives the exporters' own log records: the first failure becomes our one warning."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING and not _Health.failing:
+            _Health.failing = True
+            log.warning(
+                "trace export is failing (%s); spans are dropped until it works again "
+                "(rows are recorded as usual)",
+                record.getMessage()[:300],
+            )
+
+
 class _Reporting(SpanExporter):
-    """Says once that exports fail (and once that they work again), instead of every batch."""
+    """Reports a failed export once, and once that exports work again."""
 
     def __init__(self, inner: SpanExporter) -> None:
         self._inner = inner
-        self.failing = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             result = self._inner.export(spans)
-        except Exception:  # noqa: BLE001 - an exporter bug must not reach the pipeline
+        except Exception as exc:  # noqa: BLE001 - an exporter bug must not reach the pipeline
+            logging.getLogger("opentelemetry.exporter").error("export raised %r", exc)
             result = SpanExportResult.FAILURE
-        if result is SpanExportResult.FAILURE and not self.failing:
-            self.failing = True
-            log.warning(
-                "trace export with %s failed; spans are dropped until it works again "
-                "(rows are recorded as usual)",
-                type(self._inner).__name__,
-            )
-        elif result is SpanExportResult.SUCCESS and self.failing:
-            self.failing = False
+        if result is SpanExportResult.FAILURE and not _Health.failing:
+            logging.getLogger("opentelemetry.exporter").warning("%s failed", type(self._inner))
+        elif result is SpanExportResult.SUCCESS and _Health.failing:
+            _Health.failing = False
             log.warning("trace export works again")
         return result
 
