@@ -135,3 +135,33 @@ def test_plot_draws_rows_and_the_empty_state() -> None:
     fig = draw(frame)
     assert "2 rows" in fig.get_suptitle()
     assert "no rows" in draw(frame.iloc[0:0]).get_suptitle()
+
+
+def test_features_v2_names_the_values_in_data_set_order(contracts: Contracts) -> None:
+    data = load_diabetes()
+    [features_v2, _] = features.emit(
+        data.data[7], data.target[7], "3f2b8c1e-6a4d-4e2f-9b1a-0c7d5e8f9a01",
+        "2026-11-27T11:40:35Z", 2, data.feature_names,
+    )  # fmt: skip
+    assert contracts.check_output("features", features_v2.payload, features_v2.version) == 2
+    assert list(features_v2.payload["features"].values()) == list(data.data[7])
+    assert list(features_v2.payload["features"]) == list(data.feature_names)
+
+
+def test_model_predicts_the_same_for_a_row_in_v1_and_v2(model_path: Path) -> None:
+    loaded = load(model_path)
+    v1 = example("features", "row.json", 1)
+    v2 = example("features", "row.json", 2)
+    assert list(v2["features"].values()) == v1["features"]
+    [a] = model.handle(Message("features", 1, v1), loaded)
+    [b] = model.handle(Message("features", 2, v2), loaded)
+    assert a.payload["y_pred"] == b.payload["y_pred"]
+    shuffled = {k: v2["features"][k] for k in reversed(v2["features"])}
+    [c] = model.handle(Message("features", 2, {**v2, "features": shuffled}), loaded)
+    assert c.payload["y_pred"] == a.payload["y_pred"]
+
+
+def test_model_rejects_a_prediction_that_is_not_finite(model_path: Path) -> None:
+    row = {**example("features", "row.json"), "features": [1e308] * 10}
+    with pytest.raises(Rejected, match="not a finite number"):
+        model.handle(Message("features", 1, row), load(model_path))

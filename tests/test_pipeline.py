@@ -254,3 +254,30 @@ def test_wrong_password_fails_at_start_naming_the_setting(service_env: dict, vho
 
 def test_env_is_not_leaking_into_default_vhost() -> None:
     assert "RABBITMQ_URL" not in os.environ or "modelwatch-test" not in os.environ["RABBITMQ_URL"]
+
+
+def test_a_mixed_v1_v2_features_stream_gives_one_correct_row_per_id(
+    services: Services, service_env: dict, amqp: Amqp, model_path: Path
+) -> None:
+    n = 150
+    spy = spy_on(amqp, "features")
+    services.start("metric")
+    services.start("model")
+    services.procs["features-v1"] = services.start("features", FEATURES_COUNT=str(n))
+    services.procs["features-v2"] = services.start(
+        "features", FEATURES_COUNT=str(n), FEATURES_SCHEMA_VERSION="2"
+    )
+    rows = wait_rows(Path(service_env["METRIC_LOG_PATH"]), 2 * n)
+    assert len(rows) == 2 * n
+    model = load(model_path)
+    versions = {1: 0, 2: 0}
+    for props, body in amqp.drain(spy):
+        payload = json.loads(body)
+        version = int(props.headers["schema"].rsplit("/v", 1)[1].split("/")[0])
+        versions[version] += 1
+        values = payload["features"]
+        if version == 2:
+            values = [values[name] for name in model.feature_names]
+        expected = model.estimator.predict(np.array([values]))[0]
+        assert float(rows[payload["id"]]["y_pred"]) == pytest.approx(expected, rel=1e-9)
+    assert versions == {1: n, 2: n}

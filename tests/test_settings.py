@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +39,8 @@ def start(service: str, **env: str) -> subprocess.CompletedProcess:
         ("plot", "PLOT_PATH", "logs/plot.jpg"),
         ("plot", "LOG_LEVEL", "LOUD"),
         ("model", "CONTRACTS_DIR", "/tmp"),
+        ("features", "FEATURES_SCHEMA_VERSION", "3"),
+        ("features", "RABBITMQ_TOPOLOGY", "create"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(service: str, variable: str, value: str) -> None:
@@ -44,3 +48,14 @@ def test_bad_value_fails_naming_the_variable(service: str, variable: str, value:
     assert done.returncode == 2, done.stderr
     assert variable in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_version_some_consumer_does_not_accept_is_refused(tmp_path) -> None:
+    contracts = tmp_path / "contracts"
+    shutil.copytree(REPO / "contracts", contracts)
+    catalog = json.loads((contracts / "catalog.json").read_text())
+    catalog["types"]["features"]["consumers"][0]["accepts"] = [1]
+    (contracts / "catalog.json").write_text(json.dumps(catalog))
+    done = start("features", CONTRACTS_DIR=str(contracts), FEATURES_SCHEMA_VERSION="2")
+    assert done.returncode == 2
+    assert "FEATURES_SCHEMA_VERSION=2: not accepted by model (model.features)" in done.stderr

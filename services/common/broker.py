@@ -354,7 +354,7 @@ class Broker:
         self, out: Outgoing, on_done: Confirmed, headers: dict | None = None
     ) -> None:
         """Validate and publish `out`; `on_done(ok, why)` is called when the broker answers."""
-        version = self._contracts.check_output(out.type, out.payload)
+        version = self._contracts.check_output(out.type, out.payload, out.version)
         if self._chan is None or not self._chan.is_open:
             on_done(False, "not connected")
             return

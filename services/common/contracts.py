@@ -124,13 +124,21 @@ class Contracts:
         if reason:
             raise Rejected(f"schema violation: {reason}")
 
-    def check_output(self, type_: str, payload: Any) -> int:
+    def check_output(self, type_: str, payload: Any, version: int | None = None) -> int:
         """Validate what this service is about to emit; returns the version it is emitted as."""
-        version = self.types[type_].produces
+        version = version or self.types[type_].produces
         reason = self.errors(type_, version, payload)
         if reason:
             raise ContractViolation(f"refusing to emit invalid output: {reason}")
         return version
+
+    def unaccepted_by(self, type_: str, version: int) -> list[str]:
+        """The consumers (`service (queue)`) that would dead-letter `type_` at `version`."""
+        return [
+            f"{c.service} ({c.queue})"
+            for c in self.types[type_].consumers
+            if c.queue and version not in c.accepts
+        ]
 
     def columns(self, type_: str) -> list[str]:
         """The fields of the version this service produces, in schema order (CSV columns)."""

@@ -45,6 +45,7 @@ class Outgoing:
 
     type: str
     payload: dict[str, Any]
+    version: int | None = None  # None: the version the catalog says this service produces
 
     @property
     def id(self) -> str:

@@ -22,7 +22,7 @@ from services.common.broker import Broker
 from services.common.contracts import Contracts
 from services.common.messages import utc_now
 from services.common.runtime import run
-from services.common.settings import environ
+from services.common.settings import ConfigError, environ
 from services.features import handler
 from services.features.settings import Settings
 
@@ -31,9 +31,11 @@ log = logging.getLogger("modelwatch.features")
 
 async def main(stop: asyncio.Event) -> int:
     settings = Settings.from_env(environ())
+    contracts = Contracts(settings.contracts_dir)
+    version = emitted_version(contracts, settings.schema_version)
     data = load_diabetes()
     rng = random.Random(settings.seed)
-    broker = Broker(settings.broker, Contracts(settings.contracts_dir), "features")
+    broker = Broker(settings.broker, contracts, "features")
     if not await broker.start(stop):
         return 0
     window = asyncio.Semaphore(settings.max_in_flight)
@@ -43,7 +45,10 @@ async def main(stop: asyncio.Event) -> int:
         if stop.is_set():
             break
         row = rng.randrange(len(data.target))
-        messages = handler.emit(data.data[row], data.target[row], str(uuid.uuid4()), utc_now())
+        messages = handler.emit(
+            data.data[row], data.target[row], str(uuid.uuid4()), utc_now(), version,
+            data.feature_names,
+        )  # fmt: skip
         await window.acquire()
         task = asyncio.create_task(_send_all(broker, messages))
         in_flight.add(task)
@@ -67,6 +72,24 @@ async def main(stop: asyncio.Event) -> int:
         return 1
     log.info("emitted %d rows, all confirmed by the broker", emitted)
     return 0
+
+
+def emitted_version(contracts: Contracts, requested: int) -> int:
+    """The features version to emit: the catalog's, or FEATURES_SCHEMA_VERSION if it is safe."""
+    features = contracts.types["features"]
+    version = requested or features.produces
+    if version not in features.versions:
+        raise ConfigError(
+            f"FEATURES_SCHEMA_VERSION: features has versions {sorted(features.versions)}, "
+            f"not {version}"
+        )
+    refusing = contracts.unaccepted_by("features", version)
+    if refusing:
+        raise ConfigError(
+            f"FEATURES_SCHEMA_VERSION={version}: not accepted by {', '.join(refusing)}; "
+            "release the consumers first (contracts/README.md, Migration)"
+        )
+    return version
 
 
 async def _send_all(broker: Broker, messages: list) -> None:

@@ -1,7 +1,8 @@
 """Produces `features` and `y_true`: one row of the diabetes data and its true target.
 
-Both messages share one new UUID id and one emit time; nothing is consumed. `emit` is pure: the
-caller picks the row, the id and the time, so tests can pin all three.
+Both messages share one new UUID id and one emit time; nothing is consumed. `features` goes out as
+v1 (an array in the data set's column order) or v2 (named fields), as FEATURES_SCHEMA_VERSION says.
+`emit` is pure: the caller picks the row, the id and the time, so tests can pin all three.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ from collections.abc import Sequence
 from services.common.messages import Outgoing
 
 
-def emit(features: Sequence[float], target: float, id_: str, now: str) -> list[Outgoing]:
+def emit(
+    features: Sequence[float],
+    target: float,
+    id_: str,
+    now: str,
+    version: int = 1,
+    names: Sequence[str] = (),
+) -> list[Outgoing]:
+    values = [float(v) for v in features]
+    row = values if version == 1 else dict(zip(names, values, strict=True))
     return [
-        Outgoing(
-            "features", {"id": id_, "emitted_at": now, "features": [float(v) for v in features]}
-        ),
+        Outgoing("features", {"id": id_, "emitted_at": now, "features": row}, version),
         Outgoing("y_true", {"id": id_, "emitted_at": now, "y_true": float(target)}),
     ]

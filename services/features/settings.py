@@ -17,6 +17,7 @@ class Settings:
     count: int
     seed: int | None
     max_in_flight: int
+    schema_version: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -28,4 +29,5 @@ class Settings:
             count=env_.integer(env, "FEATURES_COUNT", 0),
             seed=None if seed < 0 else seed,
             max_in_flight=env_.integer(env, "FEATURES_MAX_IN_FLIGHT", 1000, minimum=1),
+            schema_version=env_.integer(env, "FEATURES_SCHEMA_VERSION", 0, minimum=0),
         )
