@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     broker = commands.add_parser("broker", help="broker set-up derived from the contracts")
     broker.add_argument("what", choices=["definitions"], help="print the RabbitMQ definitions")
     broker.add_argument("--vhost", default="modelwatch")
+    contracts = commands.add_parser("contracts", help="check contracts/ or regenerate its files")
+    contracts.add_argument("what", choices=["check", "asyncapi"])
+    contracts.add_argument("--base", help="git ref to compare released schemas with")
     args = parser.parse_args(argv)
     if args.command in SERVICES:
         runpy.run_module(f"services.{args.command}", run_name="__main__")
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_train(args.if_missing))
     elif args.command == "broker":
         print(_definitions(args.vhost))
+    elif args.command == "contracts":
+        sys.exit(_contracts(args.what, args.base))
     else:
         sys.exit(_up())
 
@@ -66,6 +71,23 @@ def _definitions(vhost: str) -> str:
 
     contracts = Contracts(env_.contracts_dir(os.environ))
     return json.dumps(build(contracts, vhost), indent=2)
+
+
+def _contracts(what: str, base: str | None) -> int:
+    from services.common.contracts import Contracts
+    from services.contracts_check import asyncapi
+    from services.contracts_check.check import check
+
+    root = env_.contracts_dir(os.environ)
+    if what == "asyncapi":
+        (root / "asyncapi.yaml").write_text(asyncapi.render(Contracts(root)))
+        print(f"wrote {root / 'asyncapi.yaml'}")
+        return 0
+    report = check(root, base)
+    for problem in report.problems:
+        print(f"BREAKING/INVALID {problem}")
+    print(f"contracts check: {'; '.join(report.notes)}; {len(report.problems)} problem(s)")
+    return 1 if report.problems else 0
 
 
 def _up() -> int:

@@ -43,7 +43,7 @@ from observability import attributes as attr
 from observability import tracer
 from observability.messaging import consume_hook, publish_hook
 from services.common.contracts import Contracts, QueueSpec, Topology
-from services.common.messages import Message, Outgoing, Rejected, decode_body, encode_body, utc_now
+from services.common.messages import Message, Outgoing, Rejected, encode_body, utc_now
 from services.common.settings import BrokerSettings
 
 log = logging.getLogger("modelwatch.broker")
@@ -480,13 +480,10 @@ class Broker:
             return consumer.handler(message)
 
     def _decode(self, consumer: _Consumer, props: Any, body: bytes, redelivered: bool) -> Message:
-        headers = props.headers or {}
-        type_, version = self._contracts.identify(headers.get("schema"))
-        if type_ != consumer.spec.message_type or version not in consumer.accepts:
-            raise Rejected(f"{consumer.spec.name} does not accept {type_} v{version}")
-        payload = decode_body(body)
-        self._contracts.check_input(type_, version, payload)
-        return Message(type_, version, payload, headers, redelivered)
+        return self._contracts.decode(
+            consumer.spec.name, consumer.spec.message_type, consumer.accepts,
+            props.headers or {}, body, redelivered,
+        )  # fmt: skip
 
     def _handler_failed(
         self, spec: QueueSpec, chan: Any, method: Any, props: Any, body: bytes, exc: Exception

@@ -9,6 +9,7 @@ schema id that travels with each message, and the broker topology. Schemas are r
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 
-from services.common.messages import ContractViolation, Rejected
+from services.common.messages import ContractViolation, Message, Rejected, decode_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class Consumer:
 @dataclass(frozen=True, slots=True)
 class MessageType:
     name: str
+    description: str
     transport: str
     compatibility: str
     versions: dict[int, Path]
@@ -119,6 +121,23 @@ class Contracts:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         return f"{type_} v{version} at {where}: {error.message[:200]}"
 
+    def decode(
+        self,
+        queue: str,
+        type_: str,
+        accepts: Collection[int],
+        headers: dict[str, Any],
+        body: bytes,
+        redelivered: bool = False,
+    ) -> Message:
+        """What a consumer of `queue` gets: a validated Message, or `Rejected` saying why not."""
+        found_type, version = self.identify(headers.get("schema"))
+        if found_type != type_ or version not in accepts:
+            raise Rejected(f"{queue} does not accept {found_type} v{version}")
+        payload = decode_body(body)
+        self.check_input(type_, version, payload)
+        return Message(type_, version, payload, headers, redelivered)
+
     def check_input(self, type_: str, version: int, payload: Any) -> None:
         reason = self.errors(type_, version, payload)
         if reason:
@@ -163,6 +182,7 @@ def _message_type(name: str, spec: dict[str, Any]) -> MessageType:
     )
     return MessageType(
         name=name,
+        description=spec.get("description", ""),
         transport=spec["transport"],
         compatibility=spec["compatibility"],
         versions={int(v): Path(p) for v, p in spec["versions"].items()},

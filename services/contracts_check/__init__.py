@@ -1,0 +1,1 @@
+"""`modelwatch contracts ...`: the AsyncAPI document and the compatibility checker."""
