@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from services.common import settings as env_
 from services.common.settings import ConfigError
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     contracts = commands.add_parser("contracts", help="check contracts/ or regenerate its files")
     contracts.add_argument("what", choices=["check", "asyncapi"])
     contracts.add_argument("--base", help="git ref to compare released schemas with")
+    bench = commands.add_parser("bench", help="measure throughput, latency and CPU per row")
+    bench.add_argument("--quick", action="store_true", help="1 run of 300 rows: a smoke test")
+    bench.add_argument("--rows", type=int, default=20_000, help="rows per full-speed run")
+    bench.add_argument("--latency-rows", type=int, default=2_000, help="rows at 200 rows/s")
+    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--out", type=Path, default=Path("logs/bench.json"))
     args = parser.parse_args(argv)
     if args.command in SERVICES:
         runpy.run_module(f"services.{args.command}", run_name="__main__")
@@ -44,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         print(_definitions(args.vhost))
     elif args.command == "contracts":
         sys.exit(_contracts(args.what, args.base))
+    elif args.command == "bench":
+        sys.exit(_bench(args))
     else:
         sys.exit(_up())
 
@@ -88,6 +97,20 @@ def _contracts(what: str, base: str | None) -> int:
         print(f"BREAKING/INVALID {problem}")
     print(f"contracts check: {'; '.join(report.notes)}; {len(report.problems)} problem(s)")
     return 1 if report.problems else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from services.bench.run import benchmark, table
+
+    if args.quick:
+        args.rows, args.latency_rows, args.runs = 300, 200, 1
+    if _train(if_missing=True) != 0:
+        return 2
+    model_path = env_.path(os.environ, "MODEL_PATH", "models/model.json")
+    report = benchmark(args.rows, args.latency_rows, args.runs, model_path, args.out)
+    print(table(report))
+    print(f"figures written to {args.out}")
+    return 0
 
 
 def _up() -> int:

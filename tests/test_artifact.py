@@ -59,3 +59,10 @@ def test_pinned_hash_must_match(model_path: Path) -> None:
 def test_missing_artifact_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"MODEL_PATH.*modelwatch train"):
         load(tmp_path / "absent.json")
+
+
+def test_predict_row_is_the_estimators_prediction(model_path: Path) -> None:
+    loaded = load(model_path)
+    data = load_diabetes()
+    rows = [loaded.predict_row(list(x)) for x in data.data]
+    np.testing.assert_allclose(rows, loaded.estimator.predict(data.data), rtol=1e-12)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -369,19 +370,37 @@ class Broker:
         )
         self._send(out.type, "", encode_body(out.payload), props, on_done)
 
-    async def publish(self, out: Outgoing) -> None:
-        """Publish `out` and return once the broker confirmed it, resending after failures."""
+    async def publish(self, *outs: Outgoing) -> None:
+        """Publish `outs`; return once the broker confirmed every one, resending any that failed.
+
+        They go out together, so one emission's messages share a network write and a confirm.
+        """
+        pending = list(outs)
         delay = 0.1
-        while True:
+        while pending:
             await self._ready.wait()
-            fut: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
-            self.publish_nowait(out, functools.partial(_resolve, fut))
-            ok, why = await fut
-            if ok:
-                return
-            log.warning("publish of %s %s not confirmed (%s); sending again", out.type, out.id, why)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            results: dict[int, tuple[bool, str]] = {}
+
+            def done(
+                index: int, ok: bool, why: str, results=results, answered=answered,
+                wanted: int = len(pending),
+            ) -> None:  # fmt: skip
+                results[index] = (ok, why)
+                if len(results) == wanted and not answered.done():
+                    answered.set_result(None)
+
+            for index, out in enumerate(pending):
+                self.publish_nowait(out, functools.partial(done, index))
+            await answered
+            failed = [(pending[i], why) for i, (ok, why) in sorted(results.items()) if not ok]
+            for out, why in failed:
+                log.warning("publish of %s %s not confirmed (%s); sending again", out.type, out.id,
+                            why)  # fmt: skip
+            if failed:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            pending = [out for out, _ in failed]
 
     def _send(self, exchange: str, key: str, body: bytes, props: Any, on_done: Confirmed) -> None:
         self._chan.basic_publish(exchange, key, body, props, mandatory=True)
@@ -391,11 +410,10 @@ class Broker:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
-        tags = (
-            [t for t in self._pending if t <= method.delivery_tag]
-            if method.multiple
-            else ([method.delivery_tag] if method.delivery_tag in self._pending else [])
-        )
+        if method.multiple:  # every tag up to this one; the dict keeps tags in publish order
+            tags = list(itertools.takewhile(lambda t: t <= method.delivery_tag, self._pending))
+        else:
+            tags = [method.delivery_tag] if method.delivery_tag in self._pending else []
         for tag in tags:
             entry = self._pending.pop(tag)
             if entry.returned:
@@ -588,11 +606,6 @@ class Broker:
             chan.basic_nack(tag, requeue=True)
         else:
             chan.basic_ack(tag)
-
-
-def _resolve(fut: asyncio.Future[tuple[bool, str]], ok: bool, why: str) -> None:
-    if not fut.done():
-        fut.set_result((ok, why))
 
 
 def _why(exc: BaseException | None) -> str:

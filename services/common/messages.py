@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 
 class Rejected(Exception):
     """The input cannot be processed as it is; it is dead-lettered with this reason."""
@@ -57,19 +59,30 @@ def _no_constants(name: str) -> Any:
 
 
 def decode_body(body: bytes) -> Any:
-    """Parse a body strictly: UTF-8 only, and no NaN/Infinity (JSON has neither)."""
+    """Parse a body strictly: UTF-8 only, and no NaN/Infinity (JSON has neither).
+
+    orjson parses (about 5x faster than the standard library, and as strict); when it refuses,
+    the standard parser runs once more only to say why in words a person can act on.
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejected(f"body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        json.loads(text, parse_constant=_no_constants)
     except ValueError as exc:
         raise Rejected(f"body is not valid JSON: {exc}") from None
+    raise Rejected("body is not valid JSON (e.g. an integer wider than 64 bits)")
 
 
 def encode_body(payload: Any) -> bytes:
-    return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+    """JSON bytes of an already validated payload (the schemas reject NaN, which orjson would
+    write as null)."""
+    return orjson.dumps(payload)
 
 
 def utc_now() -> str:

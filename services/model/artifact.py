@@ -35,6 +35,13 @@ class LoadedModel:
     sha256: str
     feature_names: tuple[str, ...]
 
+    def predict_row(self, features: list[float]) -> float:
+        """The estimator's prediction for one row: its linear function of the fitted `coef_` and
+        `intercept_`. predict() spends ~80 us validating a single row against ~1 us for this;
+        tests check the two agree."""
+        return float(np.asarray(features, dtype=float) @ self.estimator.coef_
+                     + self.estimator.intercept_)  # fmt: skip
+
 
 def manifest_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".manifest.json")

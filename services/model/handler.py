@@ -22,7 +22,7 @@ def handle(message: Message, model: LoadedModel) -> list[Outgoing]:
     if message.version >= 2:
         features = [features[name] for name in model.feature_names]
     with np.errstate(over="ignore", invalid="ignore"):
-        y_pred = float(model.estimator.predict(np.asarray([features], dtype=float))[0])
+        y_pred = model.predict_row(features)
     if not math.isfinite(y_pred):
         raise Rejected(f"the prediction for these features is not a finite number ({y_pred})")
     return [

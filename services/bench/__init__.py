@@ -1,0 +1,1 @@
+"""`modelwatch bench`: the real services against the real broker, beside a bare reference."""

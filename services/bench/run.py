@@ -1,0 +1,367 @@
+"""The benchmark harness: real service processes, the real broker, a real OTLP receiver.
+
+Each run gets a vhost of its own (created and deleted with rabbitmqctl) and a fresh folder, so runs
+do not see each other's messages and a pipeline on this machine is not disturbed. Figures:
+
+- rows/s at full speed, from the first emit to the last row recorded (read from the CSV), with
+  every guarantee on and every span exported; again with 1% trace sampling; and for the bare
+  reference pipeline (services/bench/reference.py) in the same invocation, for the ratio;
+- p50/p99 emit-to-record latency with features paced at 200 rows/s;
+- CPU per row for each service and for the broker (from /proc, over the measured window);
+- the metric service's resident memory at the start and the end of the full-speed run.
+Each figure is the median of the runs, with min and max.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class SpanSink:
+    """An OTLP/HTTP endpoint that counts the spans it receives, so tracing costs what it costs."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                with lock:
+                    sink.spans += count
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def broker_pid() -> int | None:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"beam.smp" in cmdline and b"rabbit" in cmdline:
+                return int(proc.name)
+    return None
+
+
+@dataclass
+class Pipeline:
+    """How to start one pipeline's three processes, and the queues its consumers read."""
+
+    name: str
+    command: Callable[[str], list[str]]
+    consumer_queues: tuple[str, ...]
+
+
+MODELWATCH = Pipeline(
+    "modelwatch", lambda s: [sys.executable, "-m", f"services.{s}"],
+    ("model.features", "metric.y_true", "metric.y_pred"),
+)  # fmt: skip
+REFERENCE = Pipeline(
+    "reference", lambda s: [sys.executable, "-m", "services.bench.reference", s],
+    ("ref.features", "ref.y_true", "ref.y_pred"),
+)  # fmt: skip
+
+
+@dataclass
+class Result:
+    rows: int
+    rows_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_row: dict[str, float]
+    metric_rss_mib: tuple[float, float]
+    spans_per_row: float
+    extra: dict = field(default_factory=dict)
+
+
+def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str],
+             sink: SpanSink) -> Result:  # fmt: skip
+    vhost = f"modelwatch-bench-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    work = Path(tempfile.mkdtemp(prefix="modelwatch-bench-"))
+    env = {
+        **os.environ, **env,
+        "RABBITMQ_URL": f"amqp://guest:guest@localhost:5672/{vhost}",
+        "METRIC_LOG_PATH": str(work / "metric_log.csv"),
+        "METRIC_ORPHAN_LOG_PATH": str(work / "orphans.csv"),
+        "METRIC_STATE_PATH": str(work / "metric_state.sqlite3"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+        "FEATURES_COUNT": str(rows),
+        "FEATURES_INTERVAL_S": str(interval_s),
+        "LOG_LEVEL": "WARNING",
+    }  # fmt: skip
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name in ("metric", "model"):
+            procs[name] = _start(pipeline, name, env, work)
+        _wait_for_consumers(vhost, pipeline.consumer_queues, procs, work)
+        spans_before = sink.spans
+        broker = broker_pid()
+        cpu_start = _cpu(procs, broker)
+        rss_start = rss_mib(procs["metric"].pid)
+        procs["features"] = _start(pipeline, "features", env, work)
+        csv_path = work / "metric_log.csv"
+        emitter = _Emitter(procs["features"].pid)
+        deadline = time.monotonic() + 120 + rows / 50
+        while (recorded := _count_rows(csv_path)) < rows:
+            emitter.sample(recorded)
+            failed = any(p.poll() not in (None, 0) for p in procs.values())
+            if failed or time.monotonic() > deadline:
+                raise RuntimeError(f"{pipeline.name}: rows stopped arriving; logs in {work}")
+            time.sleep(0.05)
+        cpu_end = _cpu(procs, broker)
+        cpu_start["features"], cpu_end["features"], measured_rows = emitter.window(rows)
+        rss_end = rss_mib(procs["metric"].pid)
+        emitted, latencies = _times(csv_path)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        rabbitmqctl("delete_vhost", vhost)
+    time.sleep(0.5)  # let the last spans arrive
+    span = emitted[1] - emitted[0]
+    quantiles = statistics.quantiles(latencies, n=100)
+    return Result(
+        rows=rows,
+        rows_per_s=rows / span,
+        p50_ms=statistics.median(latencies),
+        p99_ms=quantiles[98],
+        cpu_us_per_row={
+            k: (cpu_end[k] - cpu_start[k]) / (measured_rows if k == "features" else rows) * 1e6
+            for k in cpu_end
+        },
+        metric_rss_mib=(rss_start, rss_end),
+        spans_per_row=(sink.spans - spans_before) / rows,
+    )
+
+
+def _start(pipeline: Pipeline, service: str, env: dict, work: Path) -> subprocess.Popen:
+    log = open(work / f"{service}.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(pipeline.command(service), env=env, stdout=log, stderr=log)
+
+
+def _wait_for_consumers(vhost: str, queues: tuple[str, ...], procs: dict, work: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listing = rabbitmqctl("list_queues", "-p", vhost, "name", "consumers")
+        ready = {line.split("\t")[0] for line in listing.splitlines()
+                 if line.count("\t") == 1 and line.split("\t")[1] != "0"}  # fmt: skip
+        if set(queues) <= ready:
+            return
+        if any(p.poll() is not None for p in procs.values()):
+            raise RuntimeError(f"a consumer exited before it was ready; see the logs in {work}")
+        time.sleep(0.1)
+    raise RuntimeError(f"consumers of {queues} did not appear in 60 s")
+
+
+def _cpu(procs: dict[str, subprocess.Popen], broker: int | None) -> dict[str, float]:
+    found = {name: cpu_seconds(procs[name].pid) for name in ("metric", "model")}
+    if broker:
+        found["broker"] = cpu_seconds(broker)
+    return found
+
+
+class _Emitter:
+    """The features process's CPU from its first recorded row (imports done) to its last sample.
+
+    It exits on its own once every row is confirmed, so it is sampled while it runs.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.first: tuple[float, int] | None = None
+        self.last = (0.0, 0)
+
+    def sample(self, recorded: int) -> None:
+        try:
+            cpu = cpu_seconds(self.pid)
+        except (OSError, IndexError):
+            return
+        if self.first is None and recorded > 0:
+            self.first = (cpu, recorded)
+        self.last = (cpu, recorded)
+
+    def window(self, rows: int) -> tuple[float, float, int]:
+        first = self.first or (0.0, 0)
+        return first[0], self.last[0], max(rows - first[1], 1)
+
+
+def _count_rows(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return max(sum(1 for _ in handle) - 1, 0)
+    except FileNotFoundError:
+        return 0
+
+
+def _times(path: Path) -> tuple[tuple[float, float], list[float]]:
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    emitted = [datetime.fromisoformat(r["emitted_at"]).timestamp() for r in rows]
+    recorded = [datetime.fromisoformat(r["recorded_at"]).timestamp() for r in rows]
+    latencies = [(r - e) * 1000 for e, r in zip(emitted, recorded, strict=True)]
+    return (min(emitted), max(recorded)), latencies
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def machine() -> dict[str, str]:
+    version = ""
+    try:
+        status = rabbitmqctl("status")
+        version = next((ln.split(":", 1)[1].strip() for ln in status.splitlines()
+                        if ln.startswith("RabbitMQ version")), "")  # fmt: skip
+    except RuntimeError:
+        pass
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "rabbitmq": version,
+        "kernel": platform.release(),
+    }
+
+
+def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Path) -> dict:
+    sink = SpanSink()
+    # A queue big enough that no span is dropped at full speed: every span is exported.
+    traced = {
+        "MODEL_PATH": str(model_path),
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "262144",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096",
+    }
+    sampled = {**traced, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+               "OTEL_TRACES_SAMPLER_ARG": "0.01"}  # fmt: skip
+    figures: dict[str, list[Result]] = {k: [] for k in ("full", "sampled", "reference", "paced")}
+    try:
+        for i in range(runs):
+            print(f"run {i + 1}/{runs}", file=sys.stderr, flush=True)
+            figures["reference"].append(run_once(REFERENCE, rows, 0, traced, sink))
+            figures["full"].append(run_once(MODELWATCH, rows, 0, traced, sink))
+            figures["sampled"].append(run_once(MODELWATCH, rows, 0, sampled, sink))
+            figures["paced"].append(run_once(MODELWATCH, latency_rows, 0.005, traced, sink))
+    finally:
+        sink.close()
+    full, ref = figures["full"], figures["reference"]
+    report = {
+        "machine": machine(),
+        "rows_per_run": rows,
+        "runs": runs,
+        "rows_per_s": summarize([r.rows_per_s for r in full]),
+        "rows_per_s_sampled_1pct": summarize([r.rows_per_s for r in figures["sampled"]]),
+        "reference_rows_per_s": summarize([r.rows_per_s for r in ref]),
+        "ratio_to_reference": summarize(
+            [f.rows_per_s / r.rows_per_s for f, r in zip(full, ref, strict=True)]
+        ),
+        "paced_200_rows_per_s": {
+            "rows": latency_rows,
+            "p50_ms": summarize([r.p50_ms for r in figures["paced"]]),
+            "p99_ms": summarize([r.p99_ms for r in figures["paced"]]),
+        },
+        "cpu_us_per_row": {
+            k: summarize([r.cpu_us_per_row[k] for r in full if k in r.cpu_us_per_row])
+            for k in ("features", "model", "metric", "broker")
+            if any(k in r.cpu_us_per_row for r in full)
+        },
+        "spans_per_row": summarize([r.spans_per_row for r in full]),
+        "metric_rss_mib_start_end": [full[-1].metric_rss_mib[0], full[-1].metric_rss_mib[1]],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def table(report: dict) -> str:
+    def fmt(s: dict, unit: str = "", digits: int = 0) -> str:
+        return f"{s['median']:.{digits}f}{unit}  ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+    m = report["machine"]
+    lines = [
+        f"modelwatch bench: {report['runs']} run(s) x {report['rows_per_run']} rows; "
+        f"{m['cores']} cores, RabbitMQ {m['rabbitmq']}, Python {m['python']}",
+        "figure                                       median  (min-max)",
+        f"rows/s, every guarantee, every span exported  {fmt(report['rows_per_s'])}",
+        f"rows/s, same with 1% trace sampling           {fmt(report['rows_per_s_sampled_1pct'])}",
+        f"rows/s, bare reference pipeline               {fmt(report['reference_rows_per_s'])}",
+        f"ratio to the reference                        "
+        f"{fmt(report['ratio_to_reference'], 'x', 2)}",
+        f"p50 latency at 200 rows/s                     "
+        f"{fmt(report['paced_200_rows_per_s']['p50_ms'], ' ms', 1)}",
+        f"p99 latency at 200 rows/s                     "
+        f"{fmt(report['paced_200_rows_per_s']['p99_ms'], ' ms', 1)}",
+    ]
+    for name, figure in report["cpu_us_per_row"].items():
+        lines.append(f"CPU per row, {name:<9}                        {fmt(figure, ' us')}")
+    spans = fmt(report["spans_per_row"], "", 1)
+    lines.append(f"spans exported per row                        {spans}")
+    start, end = report["metric_rss_mib_start_end"]
+    lines.append(f"metric RSS, start -> end of the last run      {start:.0f} -> {end:.0f} MiB")
+    return "\n".join(lines)
