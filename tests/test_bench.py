@@ -1,0 +1,39 @@
+"""`modelwatch bench --quick` as a smoke test of the harness: it runs and reports, nothing timed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.broker
+
+
+def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
+    tmp_path: Path, model_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "bench", "--quick", "--out", str(out)],
+        env={**os.environ, "MODEL_PATH": str(model_path)}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    for key in ("rows_per_s", "rows_per_s_sampled_1pct", "reference_rows_per_s"):
+        assert report[key]["median"] > 0, key
+    assert report["ratio_to_reference"]["median"] > 0
+    paced = report["paced_200_rows_per_s"]
+    assert 0 < paced["p50_ms"]["median"] <= paced["p99_ms"]["median"]
+    assert set(report["cpu_us_per_row"]) >= {"features", "model", "metric"}
+    # Every span is exported, not sampled or dropped: 9 per row (3 in each service).
+    assert report["spans_per_row"]["median"] >= 9
+    assert "bare reference pipeline" in done.stdout and "p99 latency" in done.stdout
+    assert report["machine"]["cores"] == str(os.cpu_count())
+    assert (REPO / "services" / "bench" / "reference.py").exists()
