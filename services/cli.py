@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--latency-rows", type=int, default=2_000, help="rows at 200 rows/s")
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--out", type=Path, default=Path("logs/bench.json"))
+    dlq = commands.add_parser("dlq", help="list or replay a queue's dead letters")
+    dlq.add_argument("action", choices=["list", "replay"])
+    dlq.add_argument("queue", help="the consumer queue, e.g. model.features (reads its .dlq)")
+    dlq.add_argument("--id", help="replay only the dead letters with this message id")
     args = parser.parse_args(argv)
     if args.command in SERVICES:
         runpy.run_module(f"services.{args.command}", run_name="__main__")
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_contracts(args.what, args.base))
     elif args.command == "bench":
         sys.exit(_bench(args))
+    elif args.command == "dlq":
+        sys.exit(_dlq(args.action, args.queue, args.id))
     else:
         sys.exit(_up())
 
@@ -111,6 +117,29 @@ def _bench(args: argparse.Namespace) -> int:
     print(table(report))
     print(f"figures written to {args.out}")
     return 0
+
+
+def _dlq(action: str, queue: str, message_id: str | None) -> int:
+    from services.common.broker import DeadLetters
+
+    try:
+        letters = DeadLetters(env_.amqp_url(os.environ))
+    except ConfigError as exc:
+        print(f"dlq: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if action == "replay":
+            count = letters.replay(queue, message_id)
+            print(f"replayed {count} message(s) from {queue}.dlq to {queue}")
+            return 0
+        found = letters.list(queue)
+        print(f"{len(found)} dead letter(s) in {queue}.dlq")
+        for letter in found:
+            print(f"{letter.at}  {letter.message_id}  {letter.type}  {letter.service}: "
+                  f"{letter.reason}")  # fmt: skip
+        return 0
+    finally:
+        letters.close()
 
 
 def _up() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,3 +282,43 @@ def test_a_mixed_v1_v2_features_stream_gives_one_correct_row_per_id(
         expected = model.estimator.predict(np.array([values]))[0]
         assert float(rows[payload["id"]]["y_pred"]) == pytest.approx(expected, rel=1e-9)
     assert versions == {1: n, 2: n}
+
+
+def test_dead_letters_are_listed_with_reasons_and_replayed_once_the_cause_is_fixed(
+    services: Services, service_env: dict, amqp: Amqp, contracts: Contracts, tmp_path: Path
+) -> None:
+    # The cause: a model still on a catalog that accepts only features v1 ...
+    old = tmp_path / "contracts"
+    shutil.copytree(REPO / "contracts", old)
+    catalog = json.loads((old / "catalog.json").read_text())
+    catalog["types"]["features"]["consumers"][0]["accepts"] = [1]
+    (old / "catalog.json").write_text(json.dumps(catalog))
+    services.start("metric")
+    services.start("model", CONTRACTS_DIR=str(old))
+    wait_until(lambda: "connected" in services.output("model"), 30, "model to connect")
+    # ... gets v2 rows, which it dead-letters.
+    services.start("features", FEATURES_COUNT="5", FEATURES_SCHEMA_VERSION="2")
+    dlq = Path(service_env["METRIC_LOG_PATH"])
+    wait_until(lambda: amqp.count("model.features.dlq") == 5, 30, "5 dead letters")
+    env = {**service_env}
+    command = [sys.executable, "-m", "services.cli", "dlq"]
+    listed = subprocess.run([*command, "list", "model.features"], env=env, capture_output=True,
+                            text=True)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "5 dead letter(s) in model.features.dlq" in listed.stdout
+    assert listed.stdout.count("model.features does not accept features v2") == 5
+    assert amqp.count("model.features.dlq") == 5  # listing leaves them in place
+    first_id = listed.stdout.splitlines()[1].split()[1]
+    # The fix: the model that accepts v2. Replay one, then the rest.
+    assert services.stop("model") == 0
+    services.start("model")
+    one = subprocess.run([*command, "replay", "model.features", "--id", first_id], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert "replayed 1 message(s)" in one.stdout, one.stdout + one.stderr
+    wait_until(lambda: first_id in rows_by_id(dlq), 30, "the replayed row")
+    rest = subprocess.run([*command, "replay", "model.features"], env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert "replayed 4 message(s)" in rest.stdout
+    rows = wait_rows(dlq, 5)
+    assert len(rows) == 5 and amqp.count("model.features.dlq") == 0
+    assert read_csv(Path(service_env["METRIC_ORPHAN_LOG_PATH"])) == []
