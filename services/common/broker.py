@@ -17,6 +17,7 @@ deliveries are in flight and the broker confirms them in batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import itertools
@@ -111,6 +112,7 @@ class Broker:
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._fatal: asyncio.Future[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -149,6 +151,8 @@ class Broker:
             return False
         connecting.result()  # re-raises BrokerError
         self._supervisor = asyncio.create_task(self._supervise())
+        if self._consumers:
+            self._watchdog = asyncio.create_task(self._watch_queues())
         return True
 
     async def run_until(self, stop: asyncio.Event) -> None:
@@ -177,8 +181,9 @@ class Broker:
                 self._unsettled,
                 len(self._pending),
             )
-        if self._supervisor:
-            self._supervisor.cancel()
+        for task in (self._supervisor, self._watchdog):
+            if task:
+                task.cancel()
         if self._conn is not None and not (self._conn.is_closed or self._conn.is_closing):
             self._conn.close()
             await self._closed.wait()
@@ -192,6 +197,25 @@ class Broker:
                 await self._connect()
         except BrokerError as exc:
             self._fail(exc)
+
+    async def _watch_queues(self, every_s: float = 5.0) -> None:
+        """Check now and then that the consumed queues still exist.
+
+        The broker normally cancels the consumers of a deleted queue, and _on_cancelled
+        reconnects; this covers a cancel that never comes, so a service never sits idle on a
+        queue that is gone. A passive declare of a missing queue closes the channel (404), and
+        the usual reconnect redeclares it (or, with RABBITMQ_TOPOLOGY=verify, stops the service
+        naming the queue).
+        """
+        while not self._stopping:
+            await asyncio.sleep(every_s)
+            chan = self._chan
+            if chan is None or not chan.is_open or self._stopping:
+                continue
+            for consumer in self._consumers:
+                with contextlib.suppress(Exception):
+                    await self._call(lambda cb, q=consumer.spec.name, c=chan: c.queue_declare(
+                        q, passive=True, callback=cb))  # fmt: skip
 
     def _fail(self, exc: BaseException) -> None:
         log.critical("giving up: %s", exc)
