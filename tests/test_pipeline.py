@@ -322,3 +322,30 @@ def test_dead_letters_are_listed_with_reasons_and_replayed_once_the_cause_is_fix
     rows = wait_rows(dlq, 5)
     assert len(rows) == 5 and amqp.count("model.features.dlq") == 0
     assert read_csv(Path(service_env["METRIC_ORPHAN_LOG_PATH"])) == []
+
+
+def test_duplicates_give_one_row_and_a_conflicting_one_is_quarantined(
+    services: Services, service_env: dict, amqp: Amqp, contracts: Contracts
+) -> None:
+    services.start("metric")
+    wait_until(lambda: "connected" in services.output("metric"), 30, "metric to connect")
+    id_, now = str(uuid.uuid4()), "2026-11-27T11:40:35Z"
+    label = {"id": id_, "emitted_at": now, "y_true": 80.0}
+    prediction = {"id": id_, "emitted_at": now, "predicted_at": now, "y_pred": 99.5,
+                  "model_version": "linreg-x"}  # fmt: skip
+    for type_, payload in [
+        ("y_true", label),
+        ("y_pred", prediction),
+        ("y_pred", prediction),
+        ("y_true", label),
+        ("y_pred", {**prediction, "y_pred": 12.0}),
+    ]:
+        amqp.publish(type_, json.dumps(payload).encode(), headers_for(contracts, type_),
+                     message_id=id_)  # fmt: skip
+    wait_until(lambda: amqp.count("metric.y_pred.dlq") == 1, 30, "the quarantined duplicate")
+    rows = read_csv(Path(service_env["METRIC_LOG_PATH"]))
+    assert [(r["message_id"], r["y_pred"]) for r in rows] == [(id_, "99.5")]
+    [(props, body)] = amqp.drain("metric.y_pred.dlq")
+    assert json.loads(body)["y_pred"] == 12.0
+    assert props.headers["x-error-reason"].startswith(f"conflicting duplicate: y_pred for {id_}")
+    assert "duplicate y_pred" in services.output("metric")
