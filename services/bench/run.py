@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -128,7 +128,6 @@ class Result:
     cpu_us_per_row: dict[str, float]
     metric_rss_mib: tuple[float, float]
     spans_per_row: float
-    extra: dict = field(default_factory=dict)
 
 
 def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str],
