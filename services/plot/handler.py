@@ -15,6 +15,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 COLUMNS = ["recorded_at", "y_true", "y_pred", "absolute_error", "latency_ms", "model_version"]
 
@@ -28,7 +29,7 @@ def draw(frame: pd.DataFrame) -> Figure:
         return fig
     frame = frame.sort_values("recorded_at")
     errors = frame["absolute_error"]
-    window = max(1, min(200, len(frame) // 10))
+    window = max(5, min(200, len(frame) // 10))
     _histogram(axes[0, 0], errors)
     _over_time(axes[0, 1], frame["recorded_at"], errors, window)
     _pred_vs_true(axes[1, 0], frame)
@@ -46,6 +47,7 @@ def _histogram(ax, errors: pd.Series) -> None:
     ax.axvline(errors.mean(), color="red", linestyle="--", label=f"mean {errors.mean():.1f}")
     ax.axvline(errors.median(), color="green", linestyle="-", label=f"median {errors.median():.1f}")
     ax.set(title="Distribution of absolute errors", xlabel="absolute error", ylabel="rows")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
 
 
