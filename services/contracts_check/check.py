@@ -188,8 +188,9 @@ def _check_against_base(root: Path, contracts: Contracts, base: str, report: Rep
                 report.problem(f"{where} {change} - breaks {_consumers(contracts, type_name)}")
             for change in narrowing(b, a):
                 report.problem(
-                    f"{where} at {change.path}: loosened (messages it rejected now pass: "
-                    f"{change.what}) - a released version must keep its exact meaning"
+                    f"{where} at {change.path}: loosened - it now admits messages the released "
+                    f"version rejected (reverse check: {change.what}); a released version must "
+                    "keep its exact meaning"
                 )
         _diff_asyncapi(base_root / "asyncapi.yaml", root / "asyncapi.yaml", base, report)
         report.notes.append(f"compared with {base}")
