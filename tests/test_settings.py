@@ -59,3 +59,9 @@ def test_a_version_some_consumer_does_not_accept_is_refused(tmp_path) -> None:
     done = start("features", CONTRACTS_DIR=str(contracts), FEATURES_SCHEMA_VERSION="2")
     assert done.returncode == 2
     assert "FEATURES_SCHEMA_VERSION=2: not accepted by model (model.features)" in done.stderr
+
+
+def test_a_bad_span_batching_variable_is_named() -> None:
+    done = start("model", OTEL_TRACES_EXPORTER="otlp", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="lots")
+    assert done.returncode == 2
+    assert "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in done.stderr
