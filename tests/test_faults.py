@@ -307,3 +307,47 @@ def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(node, tmp_pa
     assert calls == [row["id"]] * 5  # the catalog's delivery limit, not forever
     assert props.headers["x-error-reason"] == "handler failed on 5 deliveries: RuntimeError('boom')"
     assert _queue_depth(node, "model.features") == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs: a filesystem the test can fill up and free again."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_csv_filesystem_holds_acks_and_resumes_without_a_torn_line(
+    services: Services, service_env: dict, small_disk: Path
+) -> None:
+    csv_path = small_disk / "metric_log.csv"
+    services.start("metric", METRIC_LOG_PATH=str(csv_path))
+    services.start("model")
+    services.start("features", FEATURES_INTERVAL_S="0.005", FEATURES_COUNT="1500")
+    wait_until(lambda: len(read_csv(csv_path)) > 100, 60, "the first rows")
+    filler = small_disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
+        while True:  # take every free byte
+            handle.write(b"\0" * 4096)
+    wait_until(lambda: "could not make" in services.output("metric"), 60, "the disk-full error")
+    stalled = len(read_csv(csv_path))
+    time.sleep(2)
+    assert len(read_csv(csv_path)) == stalled  # nothing written, nothing acked meanwhile
+    assert services.procs["metric"].poll() is None
+    filler.unlink()  # space returns
+    try:
+        wait_until(lambda: len(read_csv(csv_path)) >= 1500, 120, "all 1,500 rows")
+    except AssertionError:
+        raise AssertionError(
+            f"{len(read_csv(csv_path))} rows; metric said: {services.output('metric')[-2500:]}"
+        ) from None
+    rows = read_csv(csv_path)
+    assert len({r["message_id"] for r in rows}) == len(rows) == 1500
+    assert all(r["trace_id"] is not None and len(r) == 9 for r in rows)  # no torn line
+    assert csv_path.read_bytes().endswith(b"\n")
+    assert services.stop("features") == 0

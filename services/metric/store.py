@@ -67,7 +67,9 @@ class AppendOnlyCsv:
             return
         if os.fstat(self._fd).st_size != self.size:
             os.ftruncate(self._fd, self.size)  # a failed write left part of a batch behind
-        os.write(self._fd, data)
+        pending = memoryview(data)
+        while pending:  # a full disk can take part of a write without raising: finish or fail
+            pending = pending[os.write(self._fd, pending) :]
         os.fsync(self._fd)
         self.size += len(data)
         self._buffer.seek(0)
