@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--latency-rows", type=int, default=2_000, help="rows at 200 rows/s")
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--out", type=Path, default=Path("logs/bench.json"))
+    soak = commands.add_parser("soak", help="full speed while connections keep being closed")
+    soak.add_argument("--rows", type=int, default=100_000)
+    soak.add_argument("--close-every", type=float, default=3.0, help="seconds between closes")
     dlq = commands.add_parser("dlq", help="list or replay a queue's dead letters")
     dlq.add_argument("action", choices=["list", "replay"])
     dlq.add_argument("queue", help="the consumer queue, e.g. model.features (reads its .dlq)")
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_contracts(args.what, args.base))
     elif args.command == "bench":
         sys.exit(_bench(args))
+    elif args.command == "soak":
+        sys.exit(_soak(args.rows, args.close_every))
     elif args.command == "dlq":
         sys.exit(_dlq(args.action, args.queue, args.id))
     else:
@@ -117,6 +122,22 @@ def _bench(args: argparse.Namespace) -> int:
     print(table(report))
     print(f"figures written to {args.out}")
     return 0
+
+
+def _soak(rows: int, close_every: float) -> int:
+    from services.bench.soak import soak, verdict
+
+    if _train(if_missing=True) != 0:
+        return 2
+    report = soak(rows, close_every, env_.path(os.environ, "MODEL_PATH", "models/model.json"))
+    memory = report.pop("metric_rss_mib")
+    print(json.dumps(report, indent=2))
+    if memory:
+        print(f"metric RSS MiB: first {memory[0]}, max {max(memory)}, last {memory[-1]} "
+              f"({len(memory)} samples)")  # fmt: skip
+    ok = verdict(report)
+    print("accounting holds" if ok else "ACCOUNTING BROKEN")
+    return 0 if ok else 1
 
 
 def _dlq(action: str, queue: str, message_id: str | None) -> int:

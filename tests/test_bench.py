@@ -37,3 +37,18 @@ def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
     assert "bare reference pipeline" in done.stdout and "p99 latency" in done.stdout
     assert report["machine"]["cores"] == str(os.cpu_count())
     assert (REPO / "services" / "bench" / "reference.py").exists()
+
+
+def test_a_short_soak_keeps_the_accounting_while_connections_are_closed(
+    tmp_path: Path, model_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "soak", "--rows", "1500", "--close-every", "0.5"],
+        env={**os.environ, "MODEL_PATH": str(model_path)}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout[: done.stdout.index("}") + 1])
+    assert report["connection_closes"] >= 1
+    assert report["recorded"] == report["confirmed_distinct"] == 1500
+    assert "accounting holds" in done.stdout

@@ -1,0 +1,124 @@
+"""`modelwatch soak`: many rows at full speed while the broker keeps closing the connections.
+
+The accounting must hold at the end — every features message the broker confirmed (kept by a
+durable spy queue) is exactly one CSV row, no row for an id never emitted, nothing dead-lettered
+or orphaned — and the metric service's memory must stay flat (sampled every interval).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from services.bench.run import rabbitmqctl, rss_mib
+from services.common.broker import Spy
+
+
+def soak(rows: int, close_every_s: float, model_path: Path) -> dict:
+    vhost = f"modelwatch-soak-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    work = Path(tempfile.mkdtemp(prefix="modelwatch-soak-"))
+    url = f"amqp://guest:guest@localhost:5672/{vhost}"
+    env = {**os.environ, "RABBITMQ_URL": url, "MODEL_PATH": str(model_path),
+           "METRIC_LOG_PATH": str(work / "metric_log.csv"),
+           "METRIC_ORPHAN_LOG_PATH": str(work / "orphans.csv"),
+           "METRIC_STATE_PATH": str(work / "metric_state.sqlite3"),
+           "OTEL_TRACES_EXPORTER": "none", "LOG_LEVEL": "WARNING"}  # fmt: skip
+    spy = Spy(url, "features", "soak.spy")
+    procs = {n: _start(n, env, work) for n in ("metric", "model")}
+    time.sleep(3)
+    procs["features"] = _start("features", {**env, "FEATURES_COUNT": str(rows),
+                                            "FEATURES_INTERVAL_S": "0"}, work)  # fmt: skip
+    started, closes, memory = time.monotonic(), 0, []
+    try:
+        while procs["features"].poll() is None or _rows(work) < rows:
+            time.sleep(close_every_s)
+            memory.append(round(rss_mib(procs["metric"].pid), 1))
+            closes += _close_connections(vhost)
+            if time.monotonic() - started > 600 + rows / 50:
+                raise RuntimeError(f"soak did not finish; logs in {work}")
+            if procs["features"].poll() not in (None, 0):
+                raise RuntimeError(f"features failed; logs in {work}")
+        confirmed = spy.drain()
+        recorded = _ids(work / "metric_log.csv")
+        depths = _depths(vhost)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+        rabbitmqctl("delete_vhost", vhost)
+    return {
+        "rows": rows,
+        "seconds": round(time.monotonic() - started, 1),
+        "connection_closes": closes,
+        "confirmed_distinct": len(set(confirmed)),
+        "recorded": len(recorded),
+        "recorded_twice": len(recorded) - len(set(recorded)),
+        "confirmed_without_row": len(set(confirmed) - set(recorded)),
+        "rows_never_confirmed": len(set(recorded) - set(confirmed)),
+        "dead_lettered": sum(v for k, v in depths.items() if k.endswith(".dlq")),
+        "orphaned": max(_count_lines(work / "orphans.csv") - 1, 0),
+        "metric_rss_mib": memory,
+        "logs": str(work),
+    }
+
+
+def _start(service: str, env: dict, work: Path) -> subprocess.Popen:
+    log = open(work / f"{service}.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", f"services.{service}"], env=env,
+                            stdout=log, stderr=log)  # fmt: skip
+
+
+def _close_connections(vhost: str) -> int:
+    closed = 0
+    for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
+        pid, _, where = line.partition("\t")
+        if where == vhost:
+            try:
+                rabbitmqctl("close_connection", pid, "soak: connection closed on purpose")
+                closed += 1
+            except RuntimeError:
+                pass  # it was already gone
+    return closed
+
+
+def _rows(work: Path) -> int:
+    return max(_count_lines(work / "metric_log.csv") - 1, 0)
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for _ in handle)
+    except FileNotFoundError:
+        return 0
+
+
+def _ids(path: Path) -> list[str]:
+    with path.open(newline="") as handle:
+        return [row["message_id"] for row in csv.DictReader(handle)]
+
+
+def _depths(vhost: str) -> dict[str, int]:
+    found = {}
+    for line in rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
+        name, _, count = line.partition("\t")
+        if count.isdigit():
+            found[name] = int(count)
+    return found
+
+
+def verdict(report: dict) -> bool:
+    return (report["confirmed_distinct"] == report["rows"] == report["recorded"]
+            and report["recorded_twice"] == report["confirmed_without_row"] == 0
+            and report["rows_never_confirmed"] == report["dead_lettered"] == 0
+            and report["orphaned"] == 0)  # fmt: skip
