@@ -48,7 +48,8 @@ def test_a_short_soak_keeps_the_accounting_while_connections_are_closed(
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout[: done.stdout.index("}") + 1])
+    out = done.stdout  # the report is the JSON object after the model line
+    report = json.loads(out[out.index("{") : out.index("}") + 1])
     assert report["connection_closes"] >= 1
     assert report["recorded"] == report["confirmed_distinct"] == 1500
     assert "accounting holds" in done.stdout
