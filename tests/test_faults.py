@@ -23,6 +23,7 @@ from pathlib import Path
 import pika
 import pytest
 
+from services.common.broker import Spy
 from tests.conftest import Services, read_csv, wait_until
 
 pytestmark = pytest.mark.broker
@@ -114,32 +115,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateNode]:
     started.remove()
 
 
-def _spy(url: str, exchange: str = "features") -> None:
-    """A durable quorum queue on an exchange: what the broker confirmed there, kept."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    channel.exchange_declare(exchange, "fanout", durable=True)
-    queue = f"test.spy.{exchange}"
-    channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
-    channel.queue_purge(queue)
-    channel.queue_bind(queue, exchange)
-    connection.close()
-
-
-def _spied(url: str, exchange: str = "features") -> list[str]:
-    """The message ids in the spy queue, in order, repeats included."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    ids = []
-    while True:
-        method, props, _ = channel.basic_get(f"test.spy.{exchange}", auto_ack=True)
-        if method is None:
-            break
-        ids.append(props.message_id)
-    connection.close()
-    return ids
-
-
 def _queue_depth(node: PrivateNode, queue: str) -> int:
     for line in node.ctl("list_queues", "name", "messages").splitlines():
         name, _, count = line.partition("\t")
@@ -151,7 +126,7 @@ def _queue_depth(node: PrivateNode, queue: str) -> int:
 def run_through(node: PrivateNode, services: Services, service_env: dict, n: int,
                 fault: Callable[[], None]) -> dict[str, int]:  # fmt: skip
     csv_path = Path(service_env["METRIC_LOG_PATH"])
-    _spy(node.url)
+    spy = Spy(node.url, "features", "test.spy.features")  # what the broker confirmed, kept
     env = {"RABBITMQ_URL": node.url}
     services.start("metric", **env)
     services.start("model", **env)
@@ -159,7 +134,7 @@ def run_through(node: PrivateNode, services: Services, service_env: dict, n: int
     wait_until(lambda: len(read_csv(csv_path)) > n // 5, 60, "the first rows")
     fault()
     assert services.procs["features"].wait(180) == 0, services.output("features")
-    confirmed = set(_spied(node.url))
+    confirmed = set(spy.drain())
     wait_until(lambda: {r["message_id"] for r in read_csv(csv_path)} >= confirmed, 120,
                "a row for every confirmed features message")  # fmt: skip
     rows = read_csv(csv_path)
@@ -210,7 +185,7 @@ def test_model_killed_mid_batch_and_restarted(node, services, service_env) -> No
 
 
 def test_two_model_replicas_predict_each_message_once(node, services, service_env) -> None:
-    _spy(node.url, "y_pred")
+    predicted = Spy(node.url, "y_pred", "test.spy.y_pred")
     first = {}
 
     def second_replica() -> None:
@@ -218,7 +193,7 @@ def test_two_model_replicas_predict_each_message_once(node, services, service_en
         services.start("model", RABBITMQ_URL=node.url)
 
     run_through(node, services, service_env, 2000, second_replica)
-    predictions = _spied(node.url, "y_pred")
+    predictions = predicted.drain()
     assert len(predictions) == len(set(predictions)) == 2000  # each predicted exactly once
     first["model"].send_signal(signal.SIGTERM)
     assert first["model"].wait(30) == 0
