@@ -41,6 +41,8 @@ def start(service: str, **env: str) -> subprocess.CompletedProcess:
         ("model", "CONTRACTS_DIR", "/tmp"),
         ("features", "FEATURES_SCHEMA_VERSION", "3"),
         ("features", "RABBITMQ_TOPOLOGY", "create"),
+        ("model", "RABBITMQ_MAX_MESSAGE_SIZE", "0"),
+        ("metric", "RABBITMQ_MAX_MESSAGE_SIZE", "16MiB"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(service: str, variable: str, value: str) -> None:

@@ -22,6 +22,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,10 +54,16 @@ log = logging.getLogger("modelwatch.broker")
 Handler = Callable[[Message], Sequence[Outgoing]]
 Confirmed = Callable[[bool, str], None]
 ERROR_REASON = "x-error-reason"
+# How RabbitMQ says it closed a channel for a body over its max_message_size.
+_TOO_LARGE = re.compile(r"larger than configured max size (\d+)")
 
 
 class BrokerError(RuntimeError):
     """A failure retrying cannot fix: bad credentials, a missing vhost, a conflicting queue."""
+
+
+class MessageTooLarge(ValueError):
+    """A body over the broker's max_message_size: sending it again could never succeed."""
 
 
 @dataclass
@@ -97,6 +104,8 @@ class Broker:
         self._topology: Topology = contracts.topology()
         self._service = service
         self._prefetch = settings.prefetch
+        self._max_size = settings.max_message_size
+        self._max_size_from = "RABBITMQ_MAX_MESSAGE_SIZE"
         self._verify_only = settings.topology == "verify"
         self._consumers: list[_Consumer] = []
         self._flush: Callable[[], None] | None = None
@@ -348,12 +357,30 @@ class Broker:
         self._closed.set()
 
     def _on_channel_closed(self, chan: Any, exc: BaseException) -> None:
+        self._learn_max_size(exc)
         for fut in list(self._waiters):
             if not fut.done():
                 fut.set_exception(exc)
         if not self._stopping and self._conn is not None and self._conn.is_open:
             log.warning("channel closed: %s; reconnecting", _why(exc))
             self._conn.close()
+
+    def _learn_max_size(self, exc: BaseException) -> None:
+        """A channel closed for a too-large body: adopt the broker's limit, so resending stops.
+
+        Without this, publish() would resend the message, the broker would close the channel
+        again, and so on forever; with it, the resend raises MessageTooLarge.
+        """
+        found = _TOO_LARGE.search(getattr(exc, "reply_text", "") or "")
+        if found and int(found.group(1)) < self._max_size:
+            log.error(
+                "RABBITMQ_MAX_MESSAGE_SIZE=%d is larger than the broker's max_message_size %s; "
+                "using the broker's",
+                self._max_size,
+                found.group(1),
+            )
+            self._max_size = int(found.group(1))
+            self._max_size_from = "the broker's max_message_size"
 
     def _on_cancelled(self, frame: Any) -> None:
         # The broker cancels a consumer whose queue was deleted: redeclare by reconnecting.
@@ -375,14 +402,16 @@ class Broker:
 
     # -- publishing -------------------------------------------------------------------------------
 
-    def publish_nowait(
-        self, out: Outgoing, on_done: Confirmed, headers: dict | None = None
-    ) -> None:
-        """Validate and publish `out`; `on_done(ok, why)` is called when the broker answers."""
+    def _prepare(self, out: Outgoing) -> tuple[str, bytes, Any]:
+        """Validate and encode `out`: (exchange, body, properties), or ContractViolation or
+        MessageTooLarge, both raised before anything is sent."""
         version = self._contracts.check_output(out.type, out.payload, out.version)
-        if self._chan is None or not self._chan.is_open:
-            on_done(False, "not connected")
-            return
+        body = encode_body(out.payload)
+        if len(body) > self._max_size:
+            raise MessageTooLarge(
+                f"{out.type} {out.id} is {len(body)} bytes, over the limit of {self._max_size} "
+                f"({self._max_size_from})"
+            )
         props = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
@@ -390,14 +419,22 @@ class Broker:
             type=out.type,
             app_id=self._service,
             timestamp=int(time.time()),
-            headers={"schema": self._contracts.schema_ids[out.type, version], **(headers or {})},
+            headers={"schema": self._contracts.schema_ids[out.type, version]},
         )
-        self._send(out.type, "", encode_body(out.payload), props, on_done)
+        return out.type, body, props
+
+    def _send_prepared(self, prepared: tuple[str, bytes, Any], on_done: Confirmed) -> None:
+        if self._chan is None or not self._chan.is_open:
+            on_done(False, "not connected")
+            return
+        exchange, body, props = prepared
+        self._send(exchange, "", body, props, on_done)
 
     async def publish(self, *outs: Outgoing) -> None:
         """Publish `outs`; return once the broker confirmed every one, resending any that failed.
 
         They go out together, so one emission's messages share a network write and a confirm.
+        Raises MessageTooLarge (nothing of that attempt sent) for a body over the broker's limit.
         """
         pending = list(outs)
         delay = 0.1
@@ -414,8 +451,9 @@ class Broker:
                 if len(results) == wanted and not answered.done():
                     answered.set_result(None)
 
-            for index, out in enumerate(pending):
-                self.publish_nowait(out, functools.partial(done, index))
+            prepared = [self._prepare(out) for out in pending]
+            for index, message in enumerate(prepared):
+                self._send_prepared(message, functools.partial(done, index))
             await answered
             failed = [(pending[i], why) for i, (ok, why) in sorted(results.items()) if not ok]
             for out, why in failed:
@@ -488,16 +526,19 @@ class Broker:
         try:
             message = self._decode(consumer, props, body, method.redelivered)
             outputs = self._call_handler(consumer, message)
-        except Rejected as exc:
-            self._dead_letter(consumer.spec, chan, method, props, body, exc.reason)
+            prepared = [self._prepare(out) for out in outputs]
+        except (Rejected, MessageTooLarge) as exc:
+            # Neither improves with another delivery: dead-letter now, with why.
+            reason = exc.reason if isinstance(exc, Rejected) else f"output refused: {exc}"
+            self._dead_letter(consumer.spec, chan, method, props, body, reason)
             return
         except Exception as exc:  # noqa: BLE001 - a failing handler is retried, then dead-lettered
             self._handler_failed(consumer.spec, chan, method, props, body, exc)
             return
-        if not outputs:
+        if not prepared:
             self._defer_ack(chan, tag)
             return
-        state = {"left": len(outputs), "failed": ""}
+        state = {"left": len(prepared), "failed": ""}
 
         def confirmed(ok: bool, why: str) -> None:
             state["left"] -= 1
@@ -511,8 +552,8 @@ class Broker:
                     )
                 self._settle(chan, tag, requeue=bool(state["failed"]))
 
-        for out in outputs:
-            self.publish_nowait(out, confirmed)
+        for message in prepared:
+            self._send_prepared(message, confirmed)
 
     def _call_handler(self, consumer: _Consumer, message: Message) -> Sequence[Outgoing]:
         if not consumer.span:

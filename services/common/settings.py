@@ -99,6 +99,9 @@ class BrokerSettings:
     url: str
     topology: str  # "declare": create what is missing; "verify": only check it exists
     prefetch: int
+    # The broker closes the channel of a publisher that sends a bigger body; knowing the limit,
+    # the publisher refuses such a message itself and says why (RabbitMQ 4.x default: 16 MiB).
+    max_message_size: int = 16 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BrokerSettings:
@@ -106,6 +109,7 @@ class BrokerSettings:
             url=amqp_url(env),
             topology=choice(env, "RABBITMQ_TOPOLOGY", "declare", ("declare", "verify")),
             prefetch=integer(env, "PREFETCH", 256, minimum=1),
+            max_message_size=integer(env, "RABBITMQ_MAX_MESSAGE_SIZE", 16 * 1024 * 1024, minimum=1),
         )
 
 

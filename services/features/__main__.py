@@ -18,7 +18,7 @@ from sklearn.datasets import load_diabetes
 
 from observability import attributes as attr
 from observability import tracer
-from services.common.broker import Broker
+from services.common.broker import Broker, MessageTooLarge
 from services.common.contracts import Contracts
 from services.common.messages import utc_now
 from services.common.runtime import run
@@ -42,8 +42,15 @@ async def main(stop: asyncio.Event) -> int:
     if not await broker.start(stop):
         return 0
     window = asyncio.Semaphore(settings.max_in_flight)
-    in_flight: set[asyncio.Task[None]] = set()
-    emitted = 0
+    in_flight: set[asyncio.Task[bool]] = set()
+    emitted, refused = 0, 0
+
+    def finished(task: asyncio.Task[bool]) -> None:
+        nonlocal refused
+        in_flight.discard(task)
+        window.release()
+        refused += not task.cancelled() and task.exception() is None and not task.result()
+
     for _ in itertools.count() if settings.count == 0 else range(settings.count):
         if stop.is_set():
             break
@@ -55,7 +62,7 @@ async def main(stop: asyncio.Event) -> int:
         await window.acquire()
         task = asyncio.create_task(_send_all(broker, messages))
         in_flight.add(task)
-        task.add_done_callback(lambda t: (in_flight.discard(t), window.release()))
+        task.add_done_callback(finished)
         emitted += 1
         if settings.interval_s:
             await _sleep_or_stop(stop, settings.interval_s)
@@ -68,6 +75,9 @@ async def main(stop: asyncio.Event) -> int:
         else (set(), set())
     )
     await broker.stop()
+    if refused:
+        log.error("%d of %d rows were refused as too large and not sent", refused, emitted)
+        return 1
     if unconfirmed:
         log.error(
             "stopping with %d of %d rows not confirmed by the broker", len(unconfirmed), emitted
@@ -95,13 +105,19 @@ def emitted_version(contracts: Contracts, requested: int) -> int:
     return version
 
 
-async def _send_all(broker: Broker, messages: list) -> None:
+async def _send_all(broker: Broker, messages: list) -> bool:
+    """Publish one row's messages; False if the broker's size limit refuses them."""
     # One emission, one trace: both publishes are children of this span, which ends once the
     # broker confirmed them.
-    with tracer().start_as_current_span(
-        "emit", attributes={attr.MESSAGING_MESSAGE_ID: messages[0].id}
-    ):
-        await broker.publish(*messages)
+    try:
+        with tracer().start_as_current_span(
+            "emit", attributes={attr.MESSAGING_MESSAGE_ID: messages[0].id}
+        ):
+            await broker.publish(*messages)
+    except MessageTooLarge as exc:
+        log.error("row not sent: %s", exc)  # resending cannot help; go on with the next row
+        return False
+    return True
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
