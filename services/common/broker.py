@@ -17,7 +17,6 @@ deliveries are in flight and the broker confirms them in batches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import itertools
@@ -73,6 +72,8 @@ class _Consumer:
     handler: Handler
     span: str
     span_attributes: dict[str, Any]
+    tag: str = ""  # the consumer tag on the current channel
+    delivered: int = 0  # deliveries received, for the watchdog
 
 
 @dataclass
@@ -208,23 +209,53 @@ class Broker:
             self._fail(exc)
 
     async def _watch_queues(self, every_s: float = 5.0) -> None:
-        """Check now and then that the consumed queues still exist.
+        """Make sure a service never sits idle on a queue it should be consuming.
 
         The broker normally cancels the consumers of a deleted queue, and _on_cancelled
-        reconnects; this covers a cancel that never comes, so a service never sits idle on a
-        queue that is gone. A passive declare of a missing queue closes the channel (404), and
-        the usual reconnect redeclares it (or, with RABBITMQ_TOPOLOGY=verify, stops the service
-        naming the queue).
+        reconnects; this covers a cancel that never comes. Every few seconds a passive declare
+        asks for each consumed queue: if it is gone, the declare closes the channel (404) and the
+        usual reconnect redeclares it (or, with RABBITMQ_TOPOLOGY=verify, stops the service
+        naming the queue); if it lists no consumer, or holds ready messages while nothing was
+        delivered to us since the last look and we have room for more, we reconnect.
         """
+        last: dict[str, tuple[Any, int, int]] = {}  # queue -> (channel, ready, delivered)
         while not self._stopping:
             await asyncio.sleep(every_s)
             chan = self._chan
             if chan is None or not chan.is_open or self._stopping:
                 continue
             for consumer in self._consumers:
-                with contextlib.suppress(Exception):
-                    await self._call(lambda cb, q=consumer.spec.name, c=chan: c.queue_declare(
+                try:
+                    ok = await self._call(lambda cb, q=consumer.spec.name, c=chan: c.queue_declare(
                         q, passive=True, callback=cb))  # fmt: skip
+                except Exception:  # noqa: BLE001 - the channel closed: the reconnect handles it
+                    break
+                now = (chan, ok.method.message_count, consumer.delivered)
+                why = self._idle_consumer(consumer, ok.method, last.get(consumer.spec.name), now)
+                last[consumer.spec.name] = now
+                if why and chan is self._chan and self._conn is not None and self._conn.is_open:
+                    log.error("%s; reconnecting", why)
+                    self._conn.close()
+                    break
+
+    def _idle_consumer(
+        self, consumer: _Consumer, declared: Any, before: tuple | None, now: tuple
+    ) -> str:
+        """Why `consumer` is not consuming its queue, or "" when it looks fine."""
+        name = consumer.spec.name
+        if consumer.tag not in self._chan.consumer_tags or declared.consumer_count == 0:
+            return f"no consumer of ours on {name} any more (cancelled without notice?)"
+        stuck = (
+            before is not None
+            and before[0] is now[0]  # same channel: no reconnect in between
+            and before[1] > 0
+            and now[1] > 0
+            and before[2] == now[2]
+            and self._unsettled < self._prefetch
+        )
+        if stuck:
+            return f"{name} holds {now[1]} ready messages but none were delivered to us lately"
+        return ""
 
     def _fail(self, exc: BaseException) -> None:
         log.critical("giving up: %s", exc)
@@ -290,7 +321,7 @@ class Broker:
                 lambda cb: self._chan.basic_qos(prefetch_count=self._prefetch, callback=cb)
             )
         for consumer in self._consumers:
-            self._chan.basic_consume(consumer.spec.name, self._traced(consumer))
+            consumer.tag = self._chan.basic_consume(consumer.spec.name, self._traced(consumer))
         log.info(
             "connected to %s:%s vhost %r",
             self._params.host,
@@ -511,6 +542,7 @@ class Broker:
     def _delivery_callback(self, consumer: _Consumer) -> Callable[..., None]:
         def on_delivery(chan: Any, method: Any, props: Any, body: bytes) -> None:
             self._unsettled += 1
+            consumer.delivered += 1
             try:
                 self._process(consumer, chan, method, props, body)
             except Exception:
