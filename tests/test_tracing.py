@@ -174,3 +174,31 @@ def test_log_lines_written_while_handling_a_message_carry_its_trace(
 
 def test_custom_attributes_are_described_once() -> None:
     assert all(key.startswith("modelwatch.") and text for key, text in CUSTOM.items())
+
+
+def test_sigterm_exports_every_span_still_waiting_in_the_batch(
+    services: Services, service_env: dict, receiver: Receiver
+) -> None:
+    # A batch that never fills and a schedule that never fires: only the shutdown flush on
+    # SIGTERM can deliver these spans.
+    held = traced(receiver, OTEL_BSP_SCHEDULE_DELAY="600000", OTEL_BSP_MAX_QUEUE_SIZE="100000",
+                  OTEL_BSP_MAX_EXPORT_BATCH_SIZE="100000")  # fmt: skip
+    n = 30
+    csv_path = Path(service_env["METRIC_LOG_PATH"])
+    services.start("metric", **held)
+    services.start("model", **held)
+    services.start("features", FEATURES_COUNT=str(n), FEATURES_INTERVAL_S="0.01", **held)
+    wait_until(lambda: len(read_csv(csv_path)) >= n, 60, f"{n} rows")
+    assert services.procs["features"].wait(30) == 0  # a finite run flushes on its way out too
+    time.sleep(0.5)
+    assert not [s for s in receiver.snapshot() if s.service in ("model", "metric")]
+    for name in ("model", "metric"):
+        assert services.stop(name) == 0, services.output(name)
+    ids = {row["message_id"] for row in read_csv(csv_path)}
+    spans = receiver.snapshot()
+    for service, name in (("model", "process features"), ("model", "predict"),
+                          ("metric", "process y_pred"), ("metric", "record error")):  # fmt: skip
+        got = {s.attributes.get(MESSAGE_ID) for s in spans
+               if (s.service, s.name) == (service, name)}  # fmt: skip
+        assert got == ids, (service, name)
+    assert {s.attributes.get(MESSAGE_ID) for s in spans if s.name == "emit"} == ids
