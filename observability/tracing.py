@@ -131,7 +131,7 @@ def _otlp(env: Mapping[str, str]) -> SpanExporter:
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
     )
     if protocol.strip() == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from observability.otlp import OTLPSpanExporter  # the SDK's, with a faster encoder
 
         return OTLPSpanExporter()
     if protocol.strip() == "grpc":

@@ -29,8 +29,6 @@ from typing import Any
 
 import pika
 from opentelemetry import trace
-from opentelemetry.instrumentation.pika import PikaInstrumentor
-from opentelemetry.instrumentation.pika.utils import _decorate_callback
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.exceptions import (
@@ -43,7 +41,7 @@ from pika.spec import Basic
 
 from observability import attributes as attr
 from observability import tracer
-from observability.messaging import consume_hook, publish_hook
+from observability.messaging import processing, publishing
 from services.common.contracts import Contracts, QueueSpec, Topology
 from services.common.messages import Message, Outgoing, Rejected, encode_body, utc_now
 from services.common.settings import BrokerSettings
@@ -101,6 +99,7 @@ class Broker:
     def __init__(self, settings: BrokerSettings, contracts: Contracts, service: str):
         self._params = pika.URLParameters(settings.url)
         self._params.connection_attempts = 1
+        self._server = (self._params.host, self._params.port)  # for the messaging spans
         self._contracts = contracts
         self._topology: Topology = contracts.topology()
         self._service = service
@@ -301,11 +300,6 @@ class Broker:
         except ProbableAccessDeniedError:
             raise BrokerError("RABBITMQ_URL: the user may not open that vhost") from None
         self._chan = await self._call(lambda cb: conn.channel(on_open_callback=cb))
-        # Trace context rides in the AMQP headers: the instrumentation injects it in a PRODUCER
-        # span on publish and extracts it for a CONSUMER span around each delivery callback.
-        PikaInstrumentor.instrument_channel(
-            self._chan, publish_hook=publish_hook, consume_hook=consume_hook
-        )
         self._chan.add_on_close_callback(self._on_channel_closed)
         self._chan.add_on_return_callback(self._on_return)
         self._chan.add_on_cancel_callback(self._on_cancelled)
@@ -321,7 +315,8 @@ class Broker:
                 lambda cb: self._chan.basic_qos(prefetch_count=self._prefetch, callback=cb)
             )
         for consumer in self._consumers:
-            consumer.tag = self._chan.basic_consume(consumer.spec.name, self._traced(consumer))
+            callback = self._delivery_callback(consumer)
+            consumer.tag = self._chan.basic_consume(consumer.spec.name, callback)
         log.info(
             "connected to %s:%s vhost %r",
             self._params.host,
@@ -496,7 +491,9 @@ class Broker:
             pending = [out for out, _ in failed]
 
     def _send(self, exchange: str, key: str, body: bytes, props: Any, on_done: Confirmed) -> None:
-        self._chan.basic_publish(exchange, key, body, props, mandatory=True)
+        # Trace context rides in the AMQP headers, written inside the PRODUCER span.
+        with publishing(exchange, key, props.message_id or "", props.headers, self._server):
+            self._chan.basic_publish(exchange, key, body, props, mandatory=True)
         self._next_tag += 1
         self._pending[self._next_tag] = _Pending(on_done, exchange, props.message_id or "")
 
@@ -524,30 +521,18 @@ class Broker:
 
     # -- consuming --------------------------------------------------------------------------------
 
-    def _traced(self, consumer: _Consumer) -> Callable[..., None]:
-        """The delivery callback inside the instrumentation's CONSUMER span.
-
-        instrument_channel() only wraps consumers whose registration has an
-        `on_message_callback` attribute (BlockingChannel's); the async Channel stores the bare
-        callback, so it would skip ours silently. We apply the instrumentation's own decorator,
-        which extracts the context from the headers and opens the span.
-        """
-        callback = self._delivery_callback(consumer)
-        decorated = _decorate_callback(
-            callback, tracer("opentelemetry.instrumentation.pika"), consumer.spec.name, consume_hook
-        )
-        decorated._original_callback = callback  # type: ignore[attr-defined] # no double wrap
-        return decorated
-
     def _delivery_callback(self, consumer: _Consumer) -> Callable[..., None]:
         def on_delivery(chan: Any, method: Any, props: Any, body: bytes) -> None:
             self._unsettled += 1
             consumer.delivered += 1
-            try:
-                self._process(consumer, chan, method, props, body)
-            except Exception:
-                log.exception("unexpected failure handling a message; it will be redelivered")
-                self._settle(chan, method.delivery_tag, requeue=True)
+            exchange = method.exchange or method.routing_key
+            # A CONSUMER span, child of the publish whose context the headers carry.
+            with processing(exchange, props.message_id or "", props.headers or {}, self._server):
+                try:
+                    self._process(consumer, chan, method, props, body)
+                except Exception:
+                    log.exception("unexpected failure handling a message; it will be redelivered")
+                    self._settle(chan, method.delivery_tag, requeue=True)
 
         return on_delivery
 

@@ -1,0 +1,89 @@
+"""Our OTLP encoder writes exactly what the SDK's encoder builds, for every kind of span we make.
+
+Spans come from the real SDK (a TracerProvider with an in-memory exporter); both encodings are
+parsed with opentelemetry-proto and compared as messages.
+"""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import TraceFlags, TraceState
+
+from observability.otlp import encode_request
+
+
+def make_spans() -> list:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "model", "deployment.environment": "test"}),
+        span_limits=SpanLimits(max_attributes=8, max_events=2, max_links=2),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    ours = provider.get_tracer("modelwatch")
+    other = provider.get_tracer("opentelemetry.instrumentation.pika", "0.66b1",
+                                schema_url="https://opentelemetry.io/schemas/1.11.0")  # fmt: skip
+    remote = SpanContext(0xABC, 0x123, is_remote=True, trace_flags=TraceFlags(1),
+                         trace_state=TraceState([("vendor", "x=1")]))  # fmt: skip
+    local = SpanContext(2**128 - 1, 2**64 - 1, is_remote=False)
+    with (
+        trace.use_span(NonRecordingSpan(remote)),
+        other.start_as_current_span("process features", kind=SpanKind.CONSUMER, attributes={
+            "messaging.system": "rabbitmq", "messaging.message.id": "624d0ec8-uuid",
+            "messaging.rabbitmq.destination.routing_key": "",
+        }),
+    ):  # fmt: skip
+        with ours.start_as_current_span("predict", attributes={"n": 0, "neg": -5,
+                                                                   "big": 2**62}):  # fmt: skip
+            pass
+        with other.start_as_current_span("publish y_pred", kind=SpanKind.PRODUCER):
+            pass
+    with ours.start_as_current_span("record error", links=[Link(remote), Link(local, {"k": 1})],
+                                    attributes={"f": 0.0, "g": -1.5e300, "ok": False,
+                                                "yes": True, "ids": ("a", "", "ü"),
+                                                "nums": (1, 2), "floats": (0.5,),
+                                                "bools": (True, False)}) as span:  # fmt: skip
+        span.add_event("retry", {"attempt": 2})
+        span.add_event("bare")
+        span.add_event("dropped because of the limit")
+        span.set_status(Status(StatusCode.ERROR, "schema violation: ü"))
+        for n in range(10):
+            span.set_attribute(f"extra.{n}", n)  # over max_attributes: dropped and counted
+    for kind in SpanKind:
+        with ours.start_as_current_span(f"kind {kind.name}", kind=kind) as span:
+            span.set_status(Status(StatusCode.OK))
+    with ours.start_as_current_span("", links=[Link(local)] * 3):
+        pass
+    return list(memory.get_finished_spans())
+
+
+def test_encoding_matches_the_sdk_encoder_exactly() -> None:
+    spans = make_spans()
+    ours = ExportTraceServiceRequest.FromString(encode_request(spans))
+    sdk = encode_spans(spans)
+    assert ours == sdk
+    assert len(ours.resource_spans[0].scope_spans) == 2
+    assert sum(len(s.spans) for s in ours.resource_spans[0].scope_spans) == len(spans)
+
+
+def test_an_empty_batch_encodes_as_an_empty_request() -> None:
+    assert encode_request([]) == b""
+    assert ExportTraceServiceRequest.FromString(b"") == encode_spans([])
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}])
+def test_a_value_the_sdk_cannot_encode_is_an_error_not_garbage(value) -> None:
+    provider = TracerProvider()
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("t").start_as_current_span("s") as span:
+        span._attributes._dict["bad"] = value  # what set_attribute would refuse
+    with pytest.raises(TypeError):
+        encode_request(memory.get_finished_spans())
