@@ -35,6 +35,8 @@ def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
     # Every span is exported, not sampled or dropped: 9 per row (3 in each service).
     assert report["spans_per_row"]["median"] >= 9
     assert "bare reference pipeline" in done.stdout and "p99 latency" in done.stdout
+    assert set(report["otlp_encode_us_per_span"]) == {"sdk", "modelwatch"}
+    assert "OTLP encoding per span" in done.stdout
     assert report["machine"]["cores"] == str(os.cpu_count())
     assert (REPO / "services" / "bench" / "reference.py").exists()
 

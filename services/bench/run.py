@@ -34,6 +34,8 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from services.bench import encoding
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -332,6 +334,7 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
             if any(k in r.cpu_us_per_row for r in full)
         },
         "spans_per_row": summarize([r.spans_per_row for r in full]),
+        "otlp_encode_us_per_span": encoding.us_per_span(),
         "metric_rss_mib_start_end": [full[-1].metric_rss_mib[0], full[-1].metric_rss_mib[1]],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -362,6 +365,9 @@ def table(report: dict) -> str:
         lines.append(f"CPU per row, {name:<9}                        {fmt(figure, ' us')}")
     spans = fmt(report["spans_per_row"], "", 1)
     lines.append(f"spans exported per row                        {spans}")
+    enc = report["otlp_encode_us_per_span"]
+    lines.append(f"OTLP encoding per span, SDK -> ours           {enc['sdk']:.1f} -> "
+                 f"{enc['modelwatch']:.1f} us")  # fmt: skip
     start, end = report["metric_rss_mib_start_end"]
     lines.append(f"metric RSS, start -> end of the last run      {start:.0f} -> {end:.0f} MiB")
     return "\n".join(lines)
