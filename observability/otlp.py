@@ -28,13 +28,14 @@ _KIND = {  # field 6 with OTLP's value for the SDK's kind (OTLP counts UNSPECIFI
     SpanKind.INTERNAL: b"\x30\x01", SpanKind.SERVER: b"\x30\x02", SpanKind.CLIENT: b"\x30\x03",
     SpanKind.PRODUCER: b"\x30\x04", SpanKind.CONSUMER: b"\x30\x05",
 }  # fmt: skip
-_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 _UNSET_STATUS = b"\x7a\x00"  # field 15, an empty Status
-_SPAN_FLAGS = {False: b"\x85\x01\x00\x01\x00\x00", True: b"\x85\x01\x00\x03\x00\x00"}
 _VARINT = [bytes([n]) for n in range(128)]
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
 _DOUBLE = struct.Struct("<d").pack
+# Span and link flags as the SDK sets them: "has is_remote" (0x100), plus "is remote" (0x200)
+# when the parent (or linked) context came from another process; keyed by is_remote.
+_FLAGS = {False: _FIXED32(0x100), True: _FIXED32(0x300)}
 
 
 class OTLPSpanExporter(_SdkExporter):
@@ -104,12 +105,8 @@ def _span(span: ReadableSpan) -> bytes:
         out += (b"\x70", _varint(span.dropped_links))
     status = span.status
     out.append(_field(15, _status(status)) if status.status_code.value else _UNSET_STATUS)
-    out.append(_SPAN_FLAGS[parent is not None and parent.is_remote])
+    out += (b"\x85\x01", _FLAGS[parent is not None and parent.is_remote])  # field 16
     return b"".join(out)
-
-
-def _flags(context: Any) -> int:
-    return _HAS_IS_REMOTE | (_IS_REMOTE if context is not None and context.is_remote else 0)
 
 
 def _event(event: Any) -> bytes:
@@ -129,7 +126,7 @@ def _link(link: Any) -> bytes:
         out.append(_attributes(4, link.attributes))
     if link.dropped_attributes:
         out += (b"\x28", _varint(link.dropped_attributes))
-    out += (b"\x35", _FIXED32(_flags(ctx)))
+    out += (b"\x35", _FLAGS[bool(ctx.is_remote)])
     return b"".join(out)
 
 

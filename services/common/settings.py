@@ -92,6 +92,9 @@ def choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, 
     return value
 
 
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # RabbitMQ 4.x's max_message_size default
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """How a service talks to RabbitMQ: shared by every service that uses the broker."""
@@ -101,7 +104,7 @@ class BrokerSettings:
     prefetch: int
     # The broker closes the channel of a publisher that sends a bigger body; knowing the limit,
     # the publisher refuses such a message itself and says why (RabbitMQ 4.x default: 16 MiB).
-    max_message_size: int = 16 * 1024 * 1024
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BrokerSettings:
@@ -109,7 +112,9 @@ class BrokerSettings:
             url=amqp_url(env),
             topology=choice(env, "RABBITMQ_TOPOLOGY", "declare", ("declare", "verify")),
             prefetch=integer(env, "PREFETCH", 256, minimum=1),
-            max_message_size=integer(env, "RABBITMQ_MAX_MESSAGE_SIZE", 16 * 1024 * 1024, minimum=1),
+            max_message_size=integer(
+                env, "RABBITMQ_MAX_MESSAGE_SIZE", DEFAULT_MAX_MESSAGE_SIZE, minimum=1
+            ),
         )
 
 

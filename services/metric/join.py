@@ -24,9 +24,10 @@ def on_half(message: Message, store: Store, contracts: Contracts) -> list[Outgoi
     """Apply the handler's decision to the store; the broker acks after the next flush."""
     processing = trace.get_current_span().get_span_context()
     span_id = f"{processing.span_id:016x}" if processing.is_valid else ""
-    half = replace(handler.half_of(message, utc_now()), span_id=span_id)
+    now = utc_now()  # received and, if it completes a row, recorded at the same moment
+    half = replace(handler.half_of(message, now), span_id=span_id)
     same, partner = store.lookup(half.id, half.kind)
-    decision = handler.handle(half, same, partner, utc_now())
+    decision = handler.handle(half, same, partner, now)
     match decision:
         case handler.Keep():
             store.keep(half)
