@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pika
 import pytest
 
@@ -212,6 +213,37 @@ def test_a_memory_alarm_blocks_publishers_who_wait_and_lose_nothing(
         node.ctl("set_vm_memory_high_watermark", "0.4")
 
     run_through(node, services, service_env, 2000, alarm)
+
+
+def test_large_dead_letters_sent_while_the_broker_stops_reading_arrive_byte_for_byte(
+    node, services, contracts
+) -> None:
+    # The broker module gives pika's send loop everything buffered as one chunk. Under a memory
+    # alarm the broker stops reading the model's socket, so those chunks go out in partial
+    # sends across many writability events; every byte must still arrive, in order.
+    from tests.conftest import Amqp
+
+    services.start("model", RABBITMQ_URL=node.url)
+    wait_until(lambda: "connected" in services.output("model"), 30, "model to connect")
+    services.stop("model")  # the queues exist; the bodies wait in model.features
+    rng = np.random.default_rng(7)
+    bodies = {f"big-{n}": b"\xff" + rng.bytes(n) for n in (9 << 20, 300, 5 << 20, 40, 3 << 20)}
+    client = Amqp(node.url)
+    for name, body in bodies.items():
+        client.publish("features", body, {"schema": contracts.schema_ids["features", 1]}, name)
+    node.ctl("set_vm_memory_high_watermark", "0.000001")
+    services.start("model", RABBITMQ_URL=node.url)
+    wait_until(lambda: services.output("model").count("dead-lettering") >= 2, 60, "dead letters")
+    time.sleep(2)  # the socket's buffers fill; the rest waits in pika's
+    assert _queue_depth(node, "model.features.dlq") < len(bodies)
+    node.ctl("set_vm_memory_high_watermark", "0.4")
+    wait_until(lambda: _queue_depth(node, "model.features.dlq") == len(bodies), 60, "the DLQ")
+    dead = {p.message_id: (p.headers, body) for p, body in client.drain("model.features.dlq")}
+    client.close()
+    assert set(dead) == set(bodies)
+    for name, body in bodies.items():
+        assert dead[name][1] == body, name
+        assert "not valid UTF-8" in dead[name][0]["x-error-reason"]
 
 
 # Removes every consumer of model.features inside the quorum queue itself, the way the queue does on

@@ -31,6 +31,7 @@ import pika
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.adapters.utils.io_services_utils import _AsyncTransportBase
 from pika.exceptions import (
     AuthenticationError,
     ChannelClosedByBroker,
@@ -53,6 +54,27 @@ Confirmed = Callable[[bool, str], None]
 ERROR_REASON = "x-error-reason"
 # How RabbitMQ says it closed a channel for a body over its max_message_size.
 _TOO_LARGE = re.compile(r"larger than configured max size (\d+)")
+_pika_produce = _AsyncTransportBase._produce
+
+
+def _produce_joined(transport: Any) -> None:
+    """pika's send loop, given everything buffered as one chunk.
+
+    pika buffers each frame separately (a publish is three: method, header, body; an ack one) and
+    its loop makes a send() call per frame. With TCP_NODELAY each call is a segment the broker
+    must read: on loopback, sending was a quarter of the features service's CPU and a sizeable
+    part of the broker's. Joining what the loop iteration buffered makes it one call. Partial
+    sends and errors are handled by pika's loop as before.
+    """
+    buffers = transport._tx_buffers
+    if len(buffers) > 1:
+        joined = b"".join(buffers)
+        buffers.clear()
+        buffers.append(joined)
+    _pika_produce(transport)
+
+
+_AsyncTransportBase._produce = _produce_joined
 
 
 class BrokerError(RuntimeError):
