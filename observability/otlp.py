@@ -5,16 +5,23 @@ resource (a JSON dump) once per span: 30-50 µs a span on the benchmark machine,
 spans a row the largest single cost of tracing (see the README's Benchmark). This module writes the
 wire format of `ExportTraceServiceRequest` (opentelemetry-proto trace/v1) with plain byte strings
 instead; tests/test_otlp.py checks that it decodes to exactly what the SDK's `encode_spans` builds.
-The transport, retries and failure logging stay the SDK exporter's own.
+Retries and failure logging stay the SDK exporter's own. The HTTP transport is the SDK's urllib3
+one rather than its default, requests: 320 µs of CPU a POST against 770 on the benchmark machine,
+for the same TLS settings (OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE, CLIENT_CERTIFICATE, CLIENT_KEY).
+A credential-provider session (OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER) is a
+requests session, so with one set the SDK's requests transport is kept.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.exporter.http.transport._base import BaseHTTPTransport
+from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as _SdkExporter,
 )
@@ -39,7 +46,11 @@ _FLAGS = {False: _FIXED32(0x100), True: _FIXED32(0x300)}
 
 
 class OTLPSpanExporter(_SdkExporter):
-    """`OTLPSpanExporter` (http/protobuf) that encodes with `encode_request`."""
+    """`OTLPSpanExporter` (http/protobuf) that encodes with `encode_request` and sends with
+    urllib3."""
+
+    def __init__(self) -> None:
+        super().__init__(_transport=_transport(os.environ))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown or not hasattr(self, "_client"):
@@ -53,6 +64,22 @@ class OTLPSpanExporter(_SdkExporter):
             return super().export(spans)  # the SDK drops it and says so
         result = self._client.export(data)
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+
+def _transport(env: Mapping[str, str]) -> BaseHTTPTransport | None:
+    """The urllib3 transport with the TLS settings the SDK would read; None leaves the SDK's."""
+    if env.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER") or env.get(
+        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER"
+    ):
+        return None
+
+    def setting(name: str) -> str | None:
+        return env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or env.get(f"OTEL_EXPORTER_OTLP_{name}")
+
+    verify: bool | str = setting("CERTIFICATE") or True
+    cert_file, key_file = setting("CLIENT_CERTIFICATE"), setting("CLIENT_KEY")
+    cert = (cert_file, key_file) if cert_file and key_file else cert_file
+    return Urllib3HTTPTransport(verify=verify, cert=cert)
 
 
 def encode_request(spans: Sequence[ReadableSpan]) -> bytes:

@@ -87,3 +87,49 @@ def test_a_value_the_sdk_cannot_encode_is_an_error_not_garbage(value) -> None:
         span._attributes._dict["bad"] = value  # what set_attribute would refuse
     with pytest.raises(TypeError):
         encode_request(memory.get_finished_spans())
+
+
+def test_the_exporter_delivers_every_span_to_a_real_receiver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from observability.otlp import OTLPSpanExporter
+    from tests.otlp_receiver import Receiver
+
+    receiver = Receiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+    exporter = OTLPSpanExporter()
+    spans = make_spans()
+    try:
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+        receiver.close()
+    assert receiver.requests == 2
+    got = sorted((s.name, s.span_id) for s in receiver.snapshot())
+    sent = sorted((s.name, f"{s.context.span_id:016x}") for s in spans)
+    assert got == sorted(sent * 2)
+
+
+def test_the_transport_takes_the_sdks_tls_settings_and_leaves_credential_providers_to_it() -> None:
+    from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+
+    from observability.otlp import _transport
+
+    plain = _transport({})
+    assert isinstance(plain, Urllib3HTTPTransport)
+    assert plain._pool.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
+    tls = _transport({
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": "/generic/ca.pem",
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": "/traces/ca.pem",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "/client.pem",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": "/client.key",
+    })  # fmt: skip
+    assert isinstance(tls, Urllib3HTTPTransport)
+    kw = tls._pool.connection_pool_kw
+    assert (kw["ca_certs"], kw["cert_file"], kw["key_file"]) == (
+        "/traces/ca.pem", "/client.pem", "/client.key",
+    )  # fmt: skip
+    assert _transport({"OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER": "mine"}) is None
