@@ -112,28 +112,41 @@ def _span(span: ReadableSpan) -> bytes:
         out.append(_string(3, ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())))
     if parent is not None:
         out += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-    out += (_string(5, span.name), _KIND[span.kind], b"\x39", _FIXED64(span.start_time or 0),
-            b"\x41", _FIXED64(span.end_time or 0))  # fmt: skip
-    # ReadableSpan.attributes wraps them in a new read-only proxy on every call; read them once.
+    name_kind = (span.name, span.kind)
+    head = _HEADS.get(name_kind)
+    if head is None:
+        head = _HEADS[name_kind] = _string(5, span.name) + _KIND[span.kind]
+    out += (head, b"\x39", _FIXED64(span.start_time or 0), b"\x41", _FIXED64(span.end_time or 0))
+    # The public properties copy (attributes into a read-only proxy, events and links into
+    # tuples, under a lock) on every call: read the SDK's own containers once instead.
     attributes = getattr(span, "_attributes", None)
     if attributes is None:
         attributes = span.attributes
     if attributes:
         out.append(_attributes(9, attributes))
-    if span.dropped_attributes:
-        out += (b"\x50", _varint(span.dropped_attributes))
-    for event in span.events:
-        out.append(_field(11, _event(event)))
+        dropped = getattr(attributes, "dropped", 0)
+        if dropped:
+            out += (b"\x50", _varint(dropped))
+    events = getattr(span, "_events", None)
+    events = span.events if events is None else getattr(events, "_dq", events)
+    if events:
+        out += (_field(11, _event(event)) for event in events)
     if span.dropped_events:
         out += (b"\x60", _varint(span.dropped_events))
-    for link in span.links:
-        out.append(_field(13, _link(link)))
+    links = getattr(span, "_links", None)
+    links = span.links if links is None else getattr(links, "_dq", links)
+    if links:
+        out += (_field(13, _link(link)) for link in links)
     if span.dropped_links:
         out += (b"\x70", _varint(span.dropped_links))
     status = span.status
     out.append(_field(15, _status(status)) if status.status_code.value else _UNSET_STATUS)
     out += (b"\x85\x01", _FLAGS[parent is not None and parent.is_remote])  # field 16
     return b"".join(out)
+
+
+# Field 5 (name) and 6 (kind) together, per name and kind: a service has a handful.
+_HEADS: dict[tuple[str, SpanKind], bytes] = {}
 
 
 def _event(event: Any) -> bytes:
