@@ -17,6 +17,7 @@ deliveries are in flight and the broker confirms them in batches.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import itertools
@@ -139,6 +140,11 @@ class Broker:
         self._pending: dict[int, _Pending] = {}
         self._next_tag = 0
         self._unsettled = 0
+        # Delivery tags of this channel the broker still counts as unacked, in delivery order,
+        # and those of them we settled (True: ack) whose ack waits for an earlier one.
+        self._unacked: collections.deque[int] = collections.deque()
+        self._settled: dict[int, bool] = {}
+        self._acks_scheduled = False
         self._batch: _Batch | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -212,6 +218,7 @@ class Broker:
                 self._unsettled,
                 len(self._pending),
             )
+        self._send_acks()
         for task in (self._supervisor, self._watchdog):
             if task:
                 task.cancel()
@@ -272,7 +279,7 @@ class Broker:
             and before[1] > 0
             and now[1] > 0
             and before[2] == now[2]
-            and self._unsettled < self._prefetch
+            and len(self._unacked) < self._prefetch  # the broker's count, not ours
         )
         if stuck:
             return f"{name} holds {now[1]} ready messages but none were delivered to us lately"
@@ -444,6 +451,8 @@ class Broker:
         self._chan = None
         self._batch = None
         self._unsettled = 0  # deliveries die with their channel; the broker redelivers them
+        self._unacked.clear()
+        self._settled.clear()
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             entry.on_done(False, f"connection lost before the confirm ({_why(exc)})")
@@ -546,6 +555,7 @@ class Broker:
     def _delivery_callback(self, consumer: _Consumer) -> Callable[..., None]:
         def on_delivery(chan: Any, method: Any, props: Any, body: bytes) -> None:
             self._unsettled += 1
+            self._unacked.append(method.delivery_tag)
             consumer.delivered += 1
             exchange = method.exchange or method.routing_key
             # A CONSUMER span, child of the publish whose context the headers carry.
@@ -702,14 +712,38 @@ class Broker:
             self._settle(batch.channel, tag, requeue=False)
 
     def _settle(self, chan: Any, tag: int, *, requeue: bool) -> None:
-        """Ack (or nack for redelivery) on the channel the delivery came from, if it lives."""
+        """Ack (or nack for redelivery) on the channel the delivery came from, if it lives.
+
+        A nack goes out at once. Acks are sent once per loop iteration as one `multiple` ack up
+        to the newest tag whose older tags are all settled: a frame per delivery cost the
+        services and the broker CPU for each message. An ack waiting behind an unsettled older
+        delivery goes with that one's.
+        """
         if chan is not self._chan or not chan.is_open:
             return
         self._unsettled -= 1
         if requeue:
             chan.basic_nack(tag, requeue=True)
-        else:
-            chan.basic_ack(tag)
+        self._settled[tag] = not requeue
+        if not self._acks_scheduled:
+            self._acks_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_acks, context=contextvars.Context())
+
+    def _send_acks(self) -> None:
+        self._acks_scheduled = False
+        chan = self._chan
+        if chan is None or not chan.is_open:
+            return
+        newest_ack = 0
+        unacked, settled = self._unacked, self._settled
+        while unacked and unacked[0] in settled:
+            tag = unacked.popleft()
+            if settled.pop(tag):
+                newest_ack = tag
+        # Up to and including the newest ack: nacked tags below it are no longer unacked, and the
+        # broker refuses a multiple ack whose own tag is not an unacked delivery.
+        if newest_ack:
+            chan.basic_ack(newest_ack, multiple=True)
 
 
 def _why(exc: BaseException | None) -> str:
