@@ -9,7 +9,8 @@ Retries and failure logging stay the SDK exporter's own. The HTTP transport is t
 one rather than its default, requests: 320 µs of CPU a POST against 770 on the benchmark machine,
 for the same TLS settings (OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE, CLIENT_CERTIFICATE, CLIENT_KEY).
 A credential-provider session (OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER) is a
-requests session, so with one set the SDK's requests transport is kept.
+requests session, and only requests reads HTTP(S)_PROXY: with either set, the SDK's requests
+transport is kept.
 """
 
 from __future__ import annotations
@@ -68,9 +69,12 @@ class OTLPSpanExporter(_SdkExporter):
 
 def _transport(env: Mapping[str, str]) -> BaseHTTPTransport | None:
     """The urllib3 transport with the TLS settings the SDK would read; None leaves the SDK's."""
-    if env.get("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER") or env.get(
-        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER"
-    ):
+    keep_requests = (  # a credential provider's session, or proxies only requests reads
+        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER",
+        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+        "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+    )  # fmt: skip
+    if any(env.get(name) for name in keep_requests):
         return None
 
     def setting(name: str) -> str | None:

@@ -113,7 +113,7 @@ def test_the_exporter_delivers_every_span_to_a_real_receiver(
     assert got == sorted(sent * 2)
 
 
-def test_the_transport_takes_the_sdks_tls_settings_and_leaves_credential_providers_to_it() -> None:
+def test_the_transport_takes_the_sdks_tls_settings_and_leaves_proxies_to_requests() -> None:
     from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 
     from observability.otlp import _transport
@@ -133,3 +133,4 @@ def test_the_transport_takes_the_sdks_tls_settings_and_leaves_credential_provide
         "/traces/ca.pem", "/client.pem", "/client.key",
     )  # fmt: skip
     assert _transport({"OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER": "mine"}) is None
+    assert _transport({"HTTPS_PROXY": "http://proxy:3128"}) is None
