@@ -131,22 +131,22 @@ def _span(span: ReadableSpan) -> bytes:
         dropped = getattr(attributes, "dropped", 0)
         if dropped:
             out += (b"\x50", _varint(dropped))
-    events = getattr(span, "_events", None)
-    events = span.events if events is None else getattr(events, "_dq", events)
-    if events:
-        out += (_field(11, _event(event)) for event in events)
+    out += (_field(11, _event(event)) for event in _own(span, "events"))
     if span.dropped_events:
         out += (b"\x60", _varint(span.dropped_events))
-    links = getattr(span, "_links", None)
-    links = span.links if links is None else getattr(links, "_dq", links)
-    if links:
-        out += (_field(13, _link(link)) for link in links)
+    out += (_field(13, _link(link)) for link in _own(span, "links"))
     if span.dropped_links:
         out += (b"\x70", _varint(span.dropped_links))
     status = span.status
     out.append(_field(15, _status(status)) if status.status_code.value else _UNSET_STATUS)
     out += (b"\x85\x01", _FLAGS[parent is not None and parent.is_remote])  # field 16
     return b"".join(out)
+
+
+def _own(span: ReadableSpan, name: str) -> Any:
+    """The span's events or links as the SDK holds them (a BoundedList's deque), uncopied."""
+    found = getattr(span, f"_{name}", None)
+    return getattr(span, name) if found is None else getattr(found, "_dq", found)
 
 
 # Field 5 (name) and 6 (kind) together, per name and kind: a service has a handful.
