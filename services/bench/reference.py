@@ -3,7 +3,7 @@
 Plain queues on the default exchange, auto-ack, no publisher confirms, no validation, no tracing,
 a dict join — everything modelwatch adds guarantees on top of. Kept only as a baseline measured in
 the same run; it loses messages on any fault, which is the point of the comparison. It is the one
-place outside services/common/broker.py that uses pika, on purpose: it must not share our broker
+place outside services/common/broker/ that uses pika, on purpose: it must not share our broker
 code.
 
     python -m services.bench.reference features|model|metric

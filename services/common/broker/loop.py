@@ -1,13 +1,11 @@
-"""All the pika code: topology, confirmed publishing, the consume loop, dead-lettering, reconnects.
+"""`Broker`: one connection and channel per service, confirmed publishing, the consume loop.
 
-Services never import pika. They hand this module plain functions: a handler gets a validated
-`Message` and returns the `Outgoing` messages to publish. For every delivery the loop runs
-decode -> validate -> handle -> validate outgoing -> publish -> wait for confirms -> ack, so an
-input is acknowledged only once its effect is durable. Bad input is dead-lettered to
-`<queue>.dlq` with the reason in the `x-error-reason` header; a handler that keeps failing is
-dead-lettered after the catalog's delivery limit. On connection loss it reconnects with backoff,
-redeclares and resumes; unacked inputs come back from the broker and unconfirmed publishes of
-`publish()` are sent again.
+For every delivery the loop runs decode -> validate -> handle -> validate outgoing -> publish ->
+wait for confirms -> ack, so an input is acknowledged only once its effect is durable. Bad input is
+dead-lettered to `<queue>.dlq` with the reason in the `x-error-reason` header; a handler that keeps
+failing is dead-lettered after the catalog's delivery limit. On connection loss it reconnects with
+backoff, redeclares and resumes; unacked inputs come back from the broker and unconfirmed publishes
+of `publish()` are sent again.
 
 It runs on asyncio through pika's AsyncioConnection rather than BlockingConnection, because the
 blocking adapter waits for each publisher confirm in turn (see ../shared/PERF.md); here many
@@ -17,10 +15,8 @@ deliveries are in flight and the broker confirms them in batches.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
 import functools
-import itertools
 import logging
 import re
 import time
@@ -32,7 +28,6 @@ import pika
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 from pika.adapters.asyncio_connection import AsyncioConnection
-from pika.adapters.utils.io_services_utils import _AsyncTransportBase
 from pika.exceptions import (
     AuthenticationError,
     ChannelClosedByBroker,
@@ -44,6 +39,10 @@ from pika.spec import Basic
 from observability import attributes as attr
 from observability import tracer
 from observability.messaging import processing, publishing
+from services.common.broker import topology
+from services.common.broker.acks import AckWindow
+from services.common.broker.confirms import Confirmed, Confirms
+from services.common.broker.wire import join_sends
 from services.common.contracts import Contracts, QueueSpec, Topology
 from services.common.messages import Message, Outgoing, Rejected, encode_body, utc_now
 from services.common.settings import BrokerSettings
@@ -51,31 +50,9 @@ from services.common.settings import BrokerSettings
 log = logging.getLogger("modelwatch.broker")
 
 Handler = Callable[[Message], Sequence[Outgoing]]
-Confirmed = Callable[[bool, str], None]
 ERROR_REASON = "x-error-reason"
 # How RabbitMQ says it closed a channel for a body over its max_message_size.
 _TOO_LARGE = re.compile(r"larger than configured max size (\d+)")
-_pika_produce = _AsyncTransportBase._produce
-
-
-def _produce_joined(transport: Any) -> None:
-    """pika's send loop, given everything buffered as one chunk.
-
-    pika buffers each frame separately (a publish is three: method, header, body; an ack one) and
-    its loop makes a send() call per frame. With TCP_NODELAY each call is a segment the broker
-    must read: on loopback, sending was a quarter of the features service's CPU and a sizeable
-    part of the broker's. Joining what the loop iteration buffered makes it one call. Partial
-    sends and errors are handled by pika's loop as before.
-    """
-    buffers = transport._tx_buffers
-    if len(buffers) > 1:
-        joined = b"".join(buffers)
-        buffers.clear()
-        buffers.append(joined)
-    _pika_produce(transport)
-
-
-_AsyncTransportBase._produce = _produce_joined
 
 
 class BrokerError(RuntimeError):
@@ -98,16 +75,6 @@ class _Consumer:
 
 
 @dataclass
-class _Pending:
-    """A publish waiting for its confirm."""
-
-    on_done: Confirmed
-    exchange: str
-    message_id: str
-    returned: str = ""
-
-
-@dataclass
 class _Batch:
     """Inputs whose effects wait for one `flush` before they are acknowledged together."""
 
@@ -120,6 +87,7 @@ class Broker:
     """One connection and one channel, kept open for the life of a service."""
 
     def __init__(self, settings: BrokerSettings, contracts: Contracts, service: str):
+        join_sends()
         self._params = pika.URLParameters(settings.url)
         self._params.connection_attempts = 1
         self._server = (self._params.host, self._params.port)  # for the messaging spans
@@ -137,13 +105,8 @@ class Broker:
         self._ready = asyncio.Event()
         self._closed = asyncio.Event()
         self._waiters: set[asyncio.Future[Any]] = set()
-        self._pending: dict[int, _Pending] = {}
-        self._next_tag = 0
-        self._unsettled = 0
-        # Delivery tags of this channel the broker still counts as unacked, in delivery order,
-        # and those of them we settled (True: ack) whose ack waits for an earlier one.
-        self._unacked: collections.deque[int] = collections.deque()
-        self._settled: dict[int, bool] = {}
+        self._confirms = Confirms()
+        self._acks = AckWindow()
         self._acks_scheduled = False
         self._batch: _Batch | None = None
         self._stopping = False
@@ -209,14 +172,14 @@ class Broker:
             for tag in list(self._chan.consumer_tags):
                 self._chan.basic_cancel(tag)
         deadline = time.monotonic() + timeout
-        while (self._unsettled or self._pending) and time.monotonic() < deadline:
+        while (self._acks.unsettled or self._confirms) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self._unsettled or self._pending:
+        if self._acks.unsettled or self._confirms:
             log.warning(
                 "stopping with %d unacked inputs and %d unconfirmed publishes; the broker "
                 "redelivers the inputs",
-                self._unsettled,
-                len(self._pending),
+                self._acks.unsettled,
+                len(self._confirms),
             )
         self._send_acks()
         for task in (self._supervisor, self._watchdog):
@@ -253,6 +216,8 @@ class Broker:
             if chan is None or not chan.is_open or self._stopping:
                 continue
             for consumer in self._consumers:
+                # No timeout on purpose: while a resource alarm blocks the connection the broker
+                # reads nothing from it, this included, and reconnecting would not unblock it.
                 try:
                     ok = await self._call(lambda cb, q=consumer.spec.name, c=chan: c.queue_declare(
                         q, passive=True, callback=cb))  # fmt: skip
@@ -279,7 +244,7 @@ class Broker:
             and before[1] > 0
             and now[1] > 0
             and before[2] == now[2]
-            and len(self._unacked) < self._prefetch  # the broker's count, not ours
+            and len(self._acks) < self._prefetch  # the broker's count, not ours
         )
         if stuck:
             return f"{name} holds {now[1]} ready messages but none were delivered to us lately"
@@ -333,9 +298,10 @@ class Broker:
         self._chan.add_on_return_callback(self._on_return)
         self._chan.add_on_cancel_callback(self._on_cancelled)
         await self._call(lambda cb: self._chan.confirm_delivery(self._on_confirm, callback=cb))
-        self._next_tag = 0
+        self._confirms.fail_all("a new channel")  # numbers its publishes from 1 again
         try:
-            await (self._verify() if self._verify_only else self._declare())
+            check = topology.verify if self._verify_only else topology.declare
+            await check(self._call, self._chan, self._topology)
         except ChannelClosedByBroker as exc:
             how = "RABBITMQ_TOPOLOGY=verify: " if self._verify_only else "declaring the topology: "
             raise BrokerError(f"{how}{exc.reply_text}") from None
@@ -353,47 +319,6 @@ class Broker:
             self._params.virtual_host,
         )
         self._ready.set()
-
-    async def _declare(self) -> None:
-        topo = self._topology
-        ch = self._chan
-        await self._call(
-            lambda cb: ch.exchange_declare(
-                topo.dead_letter_exchange, "direct", durable=True, callback=cb
-            )
-        )
-        for exchange in topo.exchanges:
-            await self._call(
-                lambda cb, e=exchange: ch.exchange_declare(e, "fanout", durable=True, callback=cb)
-            )
-        for q in topo.queues:
-            await self._call(
-                lambda cb, q=q: ch.queue_declare(
-                    q.name, durable=True, arguments=topo.queue_arguments(q), callback=cb
-                )
-            )
-            await self._call(lambda cb, q=q: ch.queue_bind(q.name, q.exchange, callback=cb))
-            await self._call(
-                lambda cb, q=q: ch.queue_declare(
-                    q.dlq, durable=True, arguments=topo.DLQ_ARGUMENTS, callback=cb
-                )
-            )
-            await self._call(
-                lambda cb, q=q: ch.queue_bind(
-                    q.dlq, topo.dead_letter_exchange, routing_key=q.name, callback=cb
-                )
-            )
-
-    async def _verify(self) -> None:
-        """Check the preloaded topology exists; passive declares need no configure permission."""
-        topo = self._topology
-        ch = self._chan
-        for exchange in (topo.dead_letter_exchange, *topo.exchanges):
-            await self._call(
-                lambda cb, e=exchange: ch.exchange_declare(e, passive=True, callback=cb)
-            )
-        for name in (n for q in topo.queues for n in (q.name, q.dlq)):
-            await self._call(lambda cb, n=name: ch.queue_declare(n, passive=True, callback=cb))
 
     async def _call(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
         """Run a pika call that reports through a callback, failing if the channel dies."""
@@ -450,12 +375,8 @@ class Broker:
         self._ready.clear()
         self._chan = None
         self._batch = None
-        self._unsettled = 0  # deliveries die with their channel; the broker redelivers them
-        self._unacked.clear()
-        self._settled.clear()
-        pending, self._pending = self._pending, {}
-        for entry in pending.values():
-            entry.on_done(False, f"connection lost before the confirm ({_why(exc)})")
+        self._acks.clear()  # deliveries die with their channel; the broker redelivers them
+        self._confirms.fail_all(f"connection lost before the confirm ({_why(exc)})")
 
     # -- publishing -------------------------------------------------------------------------------
 
@@ -525,37 +446,22 @@ class Broker:
         # Trace context rides in the AMQP headers, written inside the PRODUCER span.
         with publishing(exchange, key, props.message_id or "", props.headers, self._server):
             self._chan.basic_publish(exchange, key, body, props, mandatory=True)
-        self._next_tag += 1
-        self._pending[self._next_tag] = _Pending(on_done, exchange, props.message_id or "")
+        self._confirms.sent(exchange, props.message_id or "", on_done)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
-        if method.multiple:  # every tag up to this one; the dict keeps tags in publish order
-            tags = list(itertools.takewhile(lambda t: t <= method.delivery_tag, self._pending))
-        else:
-            tags = [method.delivery_tag] if method.delivery_tag in self._pending else []
-        for tag in tags:
-            entry = self._pending.pop(tag)
-            if entry.returned:
-                entry.on_done(False, entry.returned)
-            else:
-                entry.on_done(ok, "" if ok else "the broker refused the message (nack)")
+        self._confirms.answered(method.delivery_tag, multiple=method.multiple, ok=ok)
 
     def _on_return(self, _chan: Any, method: Any, props: Any, _body: bytes) -> None:
-        for entry in self._pending.values():
-            if entry.exchange == method.exchange and entry.message_id == (props.message_id or ""):
-                entry.returned = (
-                    f"unroutable: {method.reply_text} (no queue bound to {method.exchange!r})"
-                )
-                return
+        why = f"unroutable: {method.reply_text} (no queue bound to {method.exchange!r})"
+        self._confirms.returned(method.exchange, props.message_id or "", why)
 
     # -- consuming --------------------------------------------------------------------------------
 
     def _delivery_callback(self, consumer: _Consumer) -> Callable[..., None]:
         def on_delivery(chan: Any, method: Any, props: Any, body: bytes) -> None:
-            self._unsettled += 1
-            self._unacked.append(method.delivery_tag)
+            self._acks.delivered(method.delivery_tag)
             consumer.delivered += 1
             exchange = method.exchange or method.routing_key
             # A CONSUMER span, child of the publish whose context the headers carry.
@@ -714,17 +620,13 @@ class Broker:
     def _settle(self, chan: Any, tag: int, *, requeue: bool) -> None:
         """Ack (or nack for redelivery) on the channel the delivery came from, if it lives.
 
-        A nack goes out at once. Acks are sent once per loop iteration as one `multiple` ack up
-        to the newest tag whose older tags are all settled: a frame per delivery cost the
-        services and the broker CPU for each message. An ack waiting behind an unsettled older
-        delivery goes with that one's.
+        A nack goes out at once; acks go once per loop iteration, coalesced (see acks.py).
         """
         if chan is not self._chan or not chan.is_open:
             return
-        self._unsettled -= 1
         if requeue:
             chan.basic_nack(tag, requeue=True)
-        self._settled[tag] = not requeue
+        self._acks.settle(tag, ack=not requeue)
         if not self._acks_scheduled:
             self._acks_scheduled = True
             asyncio.get_running_loop().call_soon(self._send_acks, context=contextvars.Context())
@@ -734,128 +636,10 @@ class Broker:
         chan = self._chan
         if chan is None or not chan.is_open:
             return
-        newest_ack = 0
-        unacked, settled = self._unacked, self._settled
-        while unacked and unacked[0] in settled:
-            tag = unacked.popleft()
-            if settled.pop(tag):
-                newest_ack = tag
-        # Up to and including the newest ack: nacked tags below it are no longer unacked, and the
-        # broker refuses a multiple ack whose own tag is not an unacked delivery.
+        newest_ack = self._acks.take()
         if newest_ack:
             chan.basic_ack(newest_ack, multiple=True)
 
 
 def _why(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}" if exc else "unknown"
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One message in a dead-letter queue, with why and when it got there."""
-
-    message_id: str
-    type: str
-    reason: str
-    at: str
-    service: str
-    headers: dict[str, Any]
-    body: bytes
-
-
-class DeadLetters:
-    """Look into `<queue>.dlq` and send its messages back to `<queue>` (`modelwatch dlq`).
-
-    Replays go through the default exchange straight to the queue they were dead-lettered from,
-    so only the consumer that refused them sees them again; their trace context headers are kept,
-    so the replay continues the original trace. Needs a user that may write to the default
-    exchange (`admin` in the compose stack).
-    """
-
-    def __init__(self, url: str) -> None:
-        self._connection = pika.BlockingConnection(pika.URLParameters(url))
-        self._channel = self._connection.channel()
-        self._channel.confirm_delivery()
-
-    def list(self, queue: str) -> list[DeadLetter]:
-        """Every dead letter of `queue`, left in place."""
-        found, tags = self._browse(queue)
-        for tag in tags:
-            self._channel.basic_nack(tag, requeue=True)
-        return found
-
-    def replay(self, queue: str, message_id: str | None = None) -> int:
-        """Re-publish dead letters of `queue` (all, or those with `message_id`); how many went."""
-        found, tags = self._browse(queue)
-        replayed = 0
-        for letter, tag in zip(found, tags, strict=True):
-            if message_id and letter.message_id != message_id:
-                self._channel.basic_nack(tag, requeue=True)
-                continue
-            headers = {k: v for k, v in letter.headers.items()
-                       if not k.startswith(("x-error-", "x-death", "x-first-death",
-                                            "x-last-death", "x-delivery-count"))}  # fmt: skip
-            props = pika.BasicProperties(
-                content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=letter.message_id, type=letter.type, headers=headers,
-                timestamp=int(time.time()),
-            )  # fmt: skip
-            self._channel.basic_publish("", queue, letter.body, props, mandatory=True)
-            self._channel.basic_ack(tag)
-            replayed += 1
-        return replayed
-
-    def close(self) -> None:
-        if self._connection.is_open:
-            self._connection.close()
-
-    def _browse(self, queue: str) -> tuple[list[DeadLetter], list[int]]:
-        letters, tags = [], []
-        total = self._channel.queue_declare(f"{queue}.dlq", passive=True).method.message_count
-        for _ in range(total):
-            method, props, body = self._channel.basic_get(f"{queue}.dlq", auto_ack=False)
-            if method is None:
-                break
-            tags.append(method.delivery_tag)
-            letters.append(_dead_letter(props, body))
-        return letters, tags
-
-
-def _dead_letter(props: Any, body: bytes) -> DeadLetter:
-    headers = dict(props.headers or {})
-    death = (headers.get("x-death") or [{}])[0]
-    reason = headers.get(ERROR_REASON) or f"dead-lettered by the broker: {death.get('reason', '?')}"
-    at = headers.get("x-error-at") or str(death.get("time", ""))
-    return DeadLetter(props.message_id or "", props.type or "", str(reason), str(at),
-                      str(headers.get("x-error-service", "broker")), headers, body)  # fmt: skip
-
-
-class Spy:
-    """A durable queue of its own on an exchange, to count what the broker confirmed there.
-
-    For the soak run: it outlives connection losses and broker restarts, so afterwards it holds
-    every message that was confirmed, and accounting can be checked against the CSV.
-    """
-
-    def __init__(self, url: str, exchange: str, queue: str) -> None:
-        self._url, self.queue = url, queue
-        connection = pika.BlockingConnection(pika.URLParameters(url))
-        channel = connection.channel()
-        channel.exchange_declare(exchange, "fanout", durable=True)
-        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
-        channel.queue_bind(queue, exchange)
-        connection.close()
-
-    def drain(self) -> list[str]:
-        """Take every message; their ids, repeats included."""
-        connection = pika.BlockingConnection(pika.URLParameters(self._url))
-        channel = connection.channel()
-        ids = []
-        while True:
-            method, props, _ = channel.basic_get(self.queue, auto_ack=True)
-            if method is None:
-                break
-            ids.append(props.message_id)
-        channel.queue_delete(self.queue)
-        connection.close()
-        return ids

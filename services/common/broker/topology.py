@@ -1,0 +1,39 @@
+"""Declaring (or only checking) the exchanges and queues the catalog implies, on an open channel.
+
+`call` runs one pika call that reports through a callback and fails if the channel dies (the
+Broker's `_call`); the broker closes the channel on a conflict, which `call` raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.common.contracts import Topology
+
+Call = Callable[[Callable[[Callable[[Any], None]], Any]], Awaitable[Any]]
+
+
+async def declare(call: Call, ch: Any, topo: Topology) -> None:
+    """Declare everything, durable; a no-op for what already exists with the same arguments."""
+    dlx = topo.dead_letter_exchange
+    await call(lambda cb: ch.exchange_declare(dlx, "direct", durable=True, callback=cb))
+    for exchange in topo.exchanges:
+        await call(lambda cb, e=exchange: ch.exchange_declare(
+            e, "fanout", durable=True, callback=cb))  # fmt: skip
+    for q in topo.queues:
+        arguments = topo.queue_arguments(q)
+        await call(lambda cb, q=q, a=arguments: ch.queue_declare(
+            q.name, durable=True, arguments=a, callback=cb))  # fmt: skip
+        await call(lambda cb, q=q: ch.queue_bind(q.name, q.exchange, callback=cb))
+        await call(lambda cb, q=q: ch.queue_declare(
+            q.dlq, durable=True, arguments=topo.DLQ_ARGUMENTS, callback=cb))  # fmt: skip
+        await call(lambda cb, q=q: ch.queue_bind(q.dlq, dlx, routing_key=q.name, callback=cb))
+
+
+async def verify(call: Call, ch: Any, topo: Topology) -> None:
+    """Check the preloaded topology exists; passive declares need no configure permission."""
+    for exchange in (topo.dead_letter_exchange, *topo.exchanges):
+        await call(lambda cb, e=exchange: ch.exchange_declare(e, passive=True, callback=cb))
+    for name in (n for q in topo.queues for n in (q.name, q.dlq)):
+        await call(lambda cb, n=name: ch.queue_declare(n, passive=True, callback=cb))
