@@ -6,11 +6,14 @@ Broker tests never touch the default vhost: each gets its own, created and delet
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,6 +46,34 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, every: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(every)
+
+
+@contextlib.contextmanager
+def model_broker_in_thread(
+    url: str, contracts: Contracts, handler: Callable, prefetch: int, listing: Callable[[], str]
+) -> Iterator[None]:
+    """A Broker of the model service consuming `features` with `handler`, on a thread of its own,
+    for the length of the block. `listing` gives `list_queues name consumers` of its vhost."""
+    from services.common.broker import Broker
+    from services.common.settings import BrokerSettings
+
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+
+    async def serve() -> None:
+        broker = Broker(BrokerSettings(url, "declare", prefetch), contracts, "model")
+        broker.consume("features", handler)
+        await broker.start(stop)
+        await broker.run_until(stop)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: "model.features\t1" in listing(), 30, "the consumer")
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
 
 
 @pytest.fixture(scope="session")

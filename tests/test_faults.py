@@ -10,6 +10,8 @@ twice; nothing dead-lettered or orphaned.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import shutil
 import signal
@@ -25,7 +27,8 @@ import pika
 import pytest
 
 from services.common.broker import DeadLetters, Spy
-from tests.conftest import Services, read_csv, wait_until
+from services.common.contracts import Contracts
+from tests.conftest import REPO, Services, model_broker_in_thread, read_csv, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -287,16 +290,7 @@ def test_a_deleted_queue_is_redeclared_and_consumed_again(node, services, servic
     wait_until(lambda: len(read_csv(csv_path)) > after + 50, 60, "rows after the redeclare")
 
 
-def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(node, tmp_path) -> None:
-    import asyncio
-    import json
-    import threading
-
-    from services.common.broker import Broker
-    from services.common.contracts import Contracts
-    from services.common.settings import BrokerSettings
-    from tests.conftest import REPO
-
+def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(node) -> None:
     contracts = Contracts(REPO / "contracts")
     calls: list[str] = []
 
@@ -304,20 +298,8 @@ def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(node, tmp_pa
         calls.append(message.id)
         raise RuntimeError("boom")
 
-    stop = asyncio.Event()
-    loop = asyncio.new_event_loop()
-
-    async def serve() -> None:
-        broker = Broker(BrokerSettings(node.url, "declare", 10), contracts, "model")
-        broker.consume("features", always_fails)
-        await broker.start(stop)
-        await broker.run_until(stop)
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: "model.features\t1" in node.ctl("list_queues", "name", "consumers"),
-                   30, "the consumer")  # fmt: skip
+    listing = functools.partial(node.ctl, "list_queues", "name", "consumers")
+    with model_broker_in_thread(node.url, contracts, always_fails, 10, listing):
         row = json.loads((REPO / "contracts/features/v1/examples/valid/row.json").read_text())
         connection = pika.BlockingConnection(pika.URLParameters(node.url))
         channel = connection.channel()
@@ -332,9 +314,6 @@ def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(node, tmp_pa
         wait_until(lambda: _queue_depth(node, "model.features.dlq") == 1, 60, "the dead letter")
         _, props, _ = channel.basic_get("model.features.dlq", auto_ack=True)
         connection.close()
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
     assert calls == [row["id"]] * 5  # the catalog's delivery limit, not forever
     assert props.headers["x-error-reason"] == "handler failed on 5 deliveries: RuntimeError('boom')"
     assert _queue_depth(node, "model.features") == 0

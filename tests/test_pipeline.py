@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,15 @@ import pytest
 from services.common.contracts import Contracts
 from services.common.messages import Outgoing
 from services.model.artifact import load
-from tests.conftest import REPO, Amqp, Services, rabbitmqctl, read_csv, wait_until
+from tests.conftest import (
+    REPO,
+    Amqp,
+    Services,
+    model_broker_in_thread,
+    rabbitmqctl,
+    read_csv,
+    wait_until,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -352,34 +359,9 @@ def test_duplicates_give_one_row_and_a_conflicting_one_is_quarantined(
     assert "duplicate y_pred" in services.output("metric")
 
 
-def _serve_in_thread(url: str, contracts: Contracts, handler) -> Callable[[], None]:
-    """A Broker consuming `features` with `handler` on a thread of its own; returns its stop."""
-    import asyncio
-    import threading
-
-    from services.common.broker import Broker
-    from services.common.settings import BrokerSettings
-
-    stop = asyncio.Event()
-    loop = asyncio.new_event_loop()
-
-    async def serve() -> None:
-        broker = Broker(BrokerSettings(url, "declare", 500), contracts, "model")
-        broker.consume("features", handler)
-        await broker.start(stop)
-        await broker.run_until(stop)
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-
-    def stopper() -> None:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-
-    vhost = url.rsplit("/", 1)[1]
-    wait_until(lambda: "model.features\t1" in rabbitmqctl(
-        "list_queues", "-p", vhost, "name", "consumers"), 30, "the consumer")  # fmt: skip
-    return stopper
+def _serving(url: str, contracts: Contracts, handler):
+    listing = ("list_queues", "-p", url.rsplit("/", 1)[1], "name", "consumers")
+    return model_broker_in_thread(url, contracts, handler, 500, lambda: rabbitmqctl(*listing))
 
 
 def _publish_rows(amqp: Amqp, contracts: Contracts, ids: list[str]) -> list[str]:
@@ -408,13 +390,10 @@ def test_acks_sent_together_settle_every_delivery_once_around_nacks(
         return []
 
     caplog.set_level(logging.WARNING, logger="modelwatch.broker")
-    stop = _serve_in_thread(amqp_url, contracts, flaky)
-    try:
+    with _serving(amqp_url, contracts, flaky):
         ids = _publish_rows(amqp, contracts, [str(uuid.uuid4()) for _ in range(600)])
         wait_until(lambda: len(handled) >= len(ids), 60, "every message handled")
         time.sleep(1)  # anything acked wrongly would be redelivered by now
-    finally:
-        stop()
     assert sorted(handled) == sorted(ids)  # each once: no ack lost, none refused
     assert len(failed_once) > 150
     assert amqp.count("model.features") == amqp.count("model.features.dlq") == 0
@@ -438,16 +417,13 @@ def test_a_later_inputs_ack_never_covers_one_whose_output_failed(
             return [Outgoing("y_pred", {**prediction, "id": message.id})]
         return []
 
-    stop = _serve_in_thread(amqp_url, contracts, half_with_output)
-    try:
+    with _serving(amqp_url, contracts, half_with_output):
         amqp.channel.queue_unbind("metric.y_pred", "y_pred")
         ids = [str(uuid.uuid4()) for _ in range(400)]
         with_output.update(ids[1::2])
         _publish_rows(amqp, contracts, ids)
         wait_until(lambda: amqp.count("model.features.dlq") == len(with_output), 60,
                    "every input with an unroutable output dead-lettered")  # fmt: skip
-    finally:
-        stop()
     dead = {p.message_id for p, _ in amqp.drain("model.features.dlq")}
     assert dead == with_output
     assert amqp.count("model.features") == 0
