@@ -141,6 +141,9 @@ def run_through(node: PrivateNode, services: Services, service_env: dict, n: int
     services.start("features", **env, FEATURES_COUNT=str(n), FEATURES_INTERVAL_S="0.002")
     wait_until(lambda: len(read_csv(csv_path)) > n // 5, 60, "the first rows")
     fault()
+    # Features are paced (>= 2 ms a row), so this holds on any machine; if it did not, the run
+    # would pass without having been through the fault.
+    assert len(read_csv(csv_path)) < n, "the run ended before the fault was over"
     assert services.procs["features"].wait(180) == 0, services.output("features")
     confirmed = set(spy.drain())
     wait_until(lambda: {r["message_id"] for r in read_csv(csv_path)} >= confirmed, 120,
