@@ -27,8 +27,7 @@ import pika
 import pytest
 
 from services.common.broker import DeadLetters, Spy
-from services.common.contracts import Contracts
-from tests.conftest import REPO, Services, model_broker_in_thread, read_csv, wait_until
+from tests.conftest import REPO, Amqp, Services, model_broker_in_thread, read_csv, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -227,8 +226,6 @@ def test_large_dead_letters_sent_while_the_broker_stops_reading_arrive_byte_for_
     # The broker module gives pika's send loop everything buffered as one chunk. Under a memory
     # alarm the broker stops reading the model's socket, so those chunks go out in partial
     # sends across many writability events; every byte must still arrive, in order.
-    from tests.conftest import Amqp
-
     services.start("model", RABBITMQ_URL=node.url)
     wait_until(lambda: "connected" in services.output("model"), 30, "model to connect")
     services.stop("model")  # the queues exist; the bodies wait in model.features
@@ -293,8 +290,7 @@ def test_a_deleted_queue_is_redeclared_and_consumed_again(node, services, servic
     wait_until(lambda: len(read_csv(csv_path)) > after + 50, 60, "rows after the redeclare")
 
 
-def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(node) -> None:
-    contracts = Contracts(REPO / "contracts")
+def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(node, contracts) -> None:
     calls: list[str] = []
 
     def always_fails(message):  # a handler with a bug this message triggers every time
