@@ -7,6 +7,7 @@ as child processes until Ctrl+C (or SIGTERM), which it passes on so each one dra
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import runpy
@@ -93,10 +94,24 @@ def _definitions(vhost: str) -> str:
     return json.dumps(build(contracts, vhost), indent=2)
 
 
+def _tools_missing(command: str) -> bool:
+    """The tools package is not in the runtime image: say so instead of a traceback."""
+    if importlib.util.find_spec("tools") is not None:
+        return False
+    print(
+        f"modelwatch {command}: the tools package is not installed here (it is left out of the "
+        "runtime image); run it from a checkout after ./scripts/setup",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _contracts(what: str, base: str | None) -> int:
+    if _tools_missing("contracts"):
+        return 2
     from services.common.contracts import Contracts
-    from services.contracts_check import asyncapi
-    from services.contracts_check.check import check
+    from tools.contracts import asyncapi
+    from tools.contracts.check import check
 
     root = env_.contracts_dir(os.environ)
     if what == "asyncapi":
@@ -111,7 +126,9 @@ def _contracts(what: str, base: str | None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from services.bench.run import benchmark, table
+    if _tools_missing("bench"):
+        return 2
+    from tools.bench.run import benchmark, table
 
     if args.quick:
         args.rows, args.latency_rows, args.runs = 300, 200, 1
@@ -125,7 +142,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _soak(rows: int, close_every: float) -> int:
-    from services.bench.soak import soak, verdict
+    if _tools_missing("soak"):
+        return 2
+    from tools.bench.soak import soak, verdict
 
     if _train(if_missing=True) != 0:
         return 2

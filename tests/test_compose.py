@@ -25,7 +25,7 @@ from services.common.contracts import Contracts
 from services.common.definitions import build, password_variable
 from tests.compose import load, read_env_file
 from tests.conftest import REPO, Services, rabbitmqctl, read_csv, wait_until
-from tests.otlp_receiver import Receiver
+from tools.otlp_sink import Receiver
 
 BIN = Path(sys.executable).parent
 COMPOSE = REPO / "docker-compose.yml"

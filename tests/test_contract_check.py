@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from services.contracts_check.check import check
-from services.contracts_check.compat import narrowing
 from tests.conftest import REPO
+from tools.contracts.check import check
+from tools.contracts.compat import narrowing
 
 OBJ = {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "string"}},
        "required": ["a"], "additionalProperties": False}  # fmt: skip

@@ -17,11 +17,11 @@ from hypothesis_jsonschema import from_schema
 
 from services.common.contracts import Contracts
 from services.common.messages import Message, Rejected, encode_body
-from services.contracts_check.compat import dereference
 from services.metric import handler as metric
 from services.model import handler as model
 from services.model.artifact import load, train
 from tests.conftest import REPO
+from tools.contracts.compat import dereference
 
 CONTRACTS = Contracts(REPO / "contracts")
 CONSUMED = [

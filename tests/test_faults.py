@@ -26,8 +26,9 @@ import numpy as np
 import pika
 import pytest
 
-from services.common.broker import DeadLetters, Spy
+from services.common.broker import DeadLetters
 from tests.conftest import REPO, Amqp, Services, model_broker_in_thread, read_csv, wait_until
+from tools.bench.spy import Spy
 
 pytestmark = pytest.mark.broker
 

@@ -95,7 +95,7 @@ def test_the_exporter_delivers_every_span_to_a_real_receiver(
     from opentelemetry.sdk.trace.export import SpanExportResult
 
     from observability.otlp import OTLPSpanExporter
-    from tests.otlp_receiver import Receiver
+    from tools.otlp_sink import Receiver
 
     receiver = Receiver()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)

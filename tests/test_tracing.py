@@ -12,7 +12,7 @@ import pytest
 
 from observability.attributes import CUSTOM
 from tests.conftest import Amqp, Services, read_csv, wait_until
-from tests.otlp_receiver import Receiver, Span
+from tools.otlp_sink import Receiver, Span
 
 pytestmark = pytest.mark.broker
 

@@ -8,11 +8,11 @@ a validated `Message` and returns the `Outgoing` messages to publish.
 - `confirms.py`: publishes waiting for the broker's confirm
 - `acks.py`: which deliveries one coalesced ack may cover
 - `wire.py`: one send() per loop iteration instead of one per frame
-- `tools.py`: blocking tools for people and harnesses (`DeadLetters`, `Spy`)
+- `deadletters.py`: the dead-letter queues for people (`modelwatch dlq`: list, replay)
 """
 
+from services.common.broker.deadletters import DeadLetter, DeadLetters
 from services.common.broker.loop import ERROR_REASON, Broker, BrokerError, MessageTooLarge
-from services.common.broker.tools import DeadLetter, DeadLetters, Spy
 
 __all__ = [
     "ERROR_REASON",
@@ -21,5 +21,4 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "MessageTooLarge",
-    "Spy",
 ]

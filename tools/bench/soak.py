@@ -17,8 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-from services.bench.run import rabbitmqctl, rss_mib
-from services.common.broker import Spy
+from tools.bench.run import rabbitmqctl, rss_mib
+from tools.bench.spy import Spy
 
 
 def soak(rows: int, close_every_s: float, model_path: Path) -> dict:

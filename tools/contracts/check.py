@@ -30,8 +30,8 @@ from referencing import Registry, Resource
 
 from services.common.contracts import Contracts
 from services.common.definitions import build as build_definitions
-from services.contracts_check import asyncapi
-from services.contracts_check.compat import dereference, narrowing
+from tools.contracts import asyncapi
+from tools.contracts.compat import dereference, narrowing
 
 MODES = ("backward", "forward", "full", "none")
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ do not see each other's messages and a pipeline on this machine is not disturbed
 
 - rows/s at full speed, from the first emit to the last row recorded (read from the CSV), with
   every guarantee on and every span exported; again with 1% trace sampling; and for the bare
-  reference pipeline (services/bench/reference.py) in the same invocation, for the ratio;
+  reference pipeline (tools/bench/reference.py) in the same invocation, for the ratio;
 - p50/p99 emit-to-record latency with features paced at 200 rows/s;
 - CPU per row for each service and for the broker (from /proc, over the measured window);
 - the metric service's resident memory at the start and the end of the full-speed run.
@@ -23,54 +23,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-from services.bench import encoding
+from tools.bench import encoding
+from tools.otlp_sink import Receiver
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-class SpanSink:
-    """An OTLP/HTTP endpoint that counts the spans it receives, so tracing costs what it costs."""
-
-    def __init__(self) -> None:
-        self.spans = 0
-        lock = threading.Lock()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as collectors do: no connection per batch
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                request = ExportTraceServiceRequest.FromString(body)
-                count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
-                with lock:
-                    sink.spans += count
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -118,7 +81,7 @@ MODELWATCH = Pipeline(
     ("model.features", "metric.y_true", "metric.y_pred"),
 )  # fmt: skip
 REFERENCE = Pipeline(
-    "reference", lambda s: [sys.executable, "-m", "services.bench.reference", s],
+    "reference", lambda s: [sys.executable, "-m", "tools.bench.reference", s],
     ("ref.features", "ref.y_true", "ref.y_pred"),
 )  # fmt: skip
 
@@ -135,7 +98,7 @@ class Result:
 
 
 def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str],
-             sink: SpanSink) -> Result:  # fmt: skip
+             sink: Receiver) -> Result:  # fmt: skip
     vhost = f"modelwatch-bench-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
@@ -156,7 +119,7 @@ def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, st
         for name in ("metric", "model"):
             procs[name] = _start(pipeline, name, env, work)
         _wait_for_consumers(vhost, pipeline.consumer_queues, procs, work)
-        spans_before = sink.spans
+        spans_before = sink.count
         broker = broker_pid()
         cpu_start = _cpu(procs, broker)
         rss_start = rss_mib(procs["metric"].pid)
@@ -198,7 +161,7 @@ def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, st
             for k in cpu_end
         },
         metric_rss_mib=(rss_start, rss_end),
-        spans_per_row=(sink.spans - spans_before) / rows,
+        spans_per_row=(sink.count - spans_before) / rows,
     )
 
 
@@ -307,7 +270,7 @@ def machine() -> dict[str, str]:
 
 
 def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Path) -> dict:
-    sink = SpanSink()
+    sink = Receiver(keep=False)
     # The project's span batching defaults, with a queue big enough that no span is dropped at
     # full speed: every span is exported.
     traced = {

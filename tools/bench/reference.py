@@ -6,7 +6,7 @@ the same run; it loses messages on any fault, which is the point of the comparis
 place outside services/common/broker/ that uses pika, on purpose: it must not share our broker
 code.
 
-    python -m services.bench.reference features|model|metric
+    python -m tools.bench.reference features|model|metric
 """
 
 from __future__ import annotations
