@@ -1,18 +1,23 @@
-"""All the pika code: topology, confirmed publishing, the consume loop, dead-lettering, reconnects.
+"""All the pika code, split by responsibility. Services never import pika (ruff enforces it): they
+hand `Broker` plain functions; a handler gets a validated `Message` and returns the `Outgoing`
+messages to publish.
 
-Services never import pika (ruff enforces it). They hand `Broker` plain functions: a handler gets
-a validated `Message` and returns the `Outgoing` messages to publish.
-
-- `loop.py`: `Broker`, one connection and channel per service, the consume loop and reconnects
+- `broker.py`: `Broker`, the one object a service uses; puts the parts below together
+- `connection.py`: the connection and one channel, reconnects with backoff, fatal errors
+- `publisher.py`: validate, encode, publish and wait for the broker's confirms
+- `consumer.py`: each delivery decoded, handled, its outputs published, then settled
+- `settle.py`: acks coalesced per loop iteration, nacks, acks after a flush of a batch
+- `deadletters.py`: refused inputs to `<queue>.dlq` with why; `DeadLetters` for `modelwatch dlq`
+- `watchdog.py`: reconnect when a consumed queue is no longer consumed
 - `topology.py`: declaring or checking the exchanges and queues the catalog implies
-- `confirms.py`: publishes waiting for the broker's confirm
-- `acks.py`: which deliveries one coalesced ack may cover
+- `confirms.py`, `acks.py`: the bookkeeping of publisher confirms and coalesced acks
 - `wire.py`: one send() per loop iteration instead of one per frame
-- `deadletters.py`: the dead-letter queues for people (`modelwatch dlq`: list, replay)
 """
 
-from services.common.broker.deadletters import DeadLetter, DeadLetters
-from services.common.broker.loop import ERROR_REASON, Broker, BrokerError, MessageTooLarge
+from services.common.broker.broker import Broker
+from services.common.broker.connection import BrokerError
+from services.common.broker.deadletters import ERROR_REASON, DeadLetter, DeadLetters
+from services.common.broker.publisher import MessageTooLarge
 
 __all__ = [
     "ERROR_REASON",

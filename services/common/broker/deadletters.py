@@ -1,14 +1,91 @@
-"""The dead-letter queues as people see them (`modelwatch dlq`): list and replay, blocking."""
+"""Dead-lettering: an input that cannot be handled goes to `<queue>.dlq` with why, never dropped.
+
+`DeadLettering` is the services' side: it copies the input unchanged to the dead-letter exchange
+with `x-error-*` headers, and decides when a failing handler has had its deliveries.
+`DeadLetters` is the people's side (`modelwatch dlq`): list and replay, on a blocking connection.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pika
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from pika.spec import BasicProperties
 
-from services.common.broker.loop import ERROR_REASON
+from observability import attributes as attr
+from services.common.broker.confirms import Confirmed
+from services.common.broker.publisher import Publisher
+from services.common.contracts import QueueSpec
+from services.common.messages import utc_now
+
+log = logging.getLogger("modelwatch.broker")
+
+ERROR_REASON = "x-error-reason"
+
+
+class DeadLettering:
+    """Sends refused inputs to the dead-letter exchange, routed by the queue they came from."""
+
+    def __init__(
+        self, publisher: Publisher, service: str, exchange: str, delivery_limit: int
+    ) -> None:
+        self._publisher = publisher
+        self._service = service
+        self._exchange = exchange
+        self.delivery_limit = delivery_limit
+
+    def send(
+        self, spec: QueueSpec, props: BasicProperties, body: bytes, reason: str,
+        on_done: Confirmed,
+    ) -> None:  # fmt: skip
+        """Publish the input unchanged to `<queue>.dlq` with why; `on_done` hears the confirm."""
+        log.warning("dead-lettering %s from %s: %s", props.message_id, spec.name, reason)
+        span = trace.get_current_span()
+        span.set_attribute(attr.DEAD_LETTER_REASON, reason)
+        span.set_status(Status(StatusCode.ERROR, reason))
+        headers = dict(props.headers or {})
+        headers.update(
+            {
+                ERROR_REASON: reason,
+                "x-error-queue": spec.name,
+                "x-error-service": self._service,
+                "x-error-at": utc_now(),
+            }
+        )
+        copy = pika.BasicProperties(
+            content_type=props.content_type,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=props.message_id,
+            type=props.type,
+            app_id=props.app_id,
+            timestamp=props.timestamp,
+            headers=headers,
+        )
+        self._publisher.send(self._exchange, spec.name, body, copy, on_done)
+
+    def handler_failed(self, props: BasicProperties, exc: Exception) -> str:
+        """Why to dead-letter an input whose handler raised, or "" to requeue it for another try.
+
+        The broker counts deliveries in `x-delivery-count` (quorum queues); the catalog's
+        `delivery_limit` is the number of handler attempts.
+        """
+        deliveries = int((props.headers or {}).get("x-delivery-count", 0)) + 1
+        log.error(
+            "handler failed on %s (delivery %d of %d): %r",
+            props.message_id,
+            deliveries,
+            self.delivery_limit,
+            exc,
+            exc_info=exc,
+        )
+        if deliveries >= self.delivery_limit:
+            return f"handler failed on {deliveries} deliveries: {exc!r}"[:500]
+        return ""
 
 
 @dataclass(frozen=True)

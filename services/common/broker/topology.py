@@ -1,7 +1,7 @@
 """Declaring (or only checking) the exchanges and queues the catalog implies, on an open channel.
 
 `call` runs one pika call that reports through a callback and fails if the channel dies (the
-Broker's `_call`); the broker closes the channel on a conflict, which `call` raises.
+`Connection.call`); the broker closes the channel on a conflict, which `call` raises.
 """
 
 from __future__ import annotations

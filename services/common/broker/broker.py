@@ -1,0 +1,126 @@
+"""`Broker`: what a service uses — consume with handlers, publish with confirms, run, stop.
+
+It puts the parts together on one connection: connection.py (connect, reconnect), publisher.py
+(confirmed publishing), topology.py (the exchanges and queues the catalog implies), consumer.py
+(deliveries to handlers), settle.py (acks, flush batches), deadletters.py (why an input was
+refused) and watchdog.py (a queue that is no longer consumed). On a new channel the steps run in
+that order: confirm mode, topology, consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from pika.channel import Channel
+from pika.exceptions import ChannelClosedByBroker
+
+from services.common.broker import topology
+from services.common.broker.connection import BrokerError, Connection
+from services.common.broker.consumer import Consumer, Consumers, Handler
+from services.common.broker.deadletters import DeadLettering
+from services.common.broker.publisher import Publisher
+from services.common.broker.watchdog import watch_queues
+from services.common.broker.wire import join_sends
+from services.common.contracts import Contracts
+from services.common.messages import Outgoing
+from services.common.settings import BrokerSettings
+
+log = logging.getLogger("modelwatch.broker")
+
+
+class Broker:
+    """One connection and one channel, kept open for the life of a service."""
+
+    def __init__(self, settings: BrokerSettings, contracts: Contracts, service: str):
+        join_sends()
+        self._contracts = contracts
+        self._topology = contracts.topology()
+        self._service = service
+        self._verify_only = settings.topology == "verify"
+        self._link = Connection(settings.url)
+        self._publisher = Publisher(self._link, contracts, service, settings.max_message_size)
+        self._link.on_open(self._declare)
+        dead = DeadLettering(
+            self._publisher, service, self._topology.dead_letter_exchange,
+            self._topology.delivery_limit,
+        )  # fmt: skip
+        self._consumers = Consumers(self._link, contracts, self._publisher, dead, settings.prefetch)
+        self._link.on_open(self._consumers.on_open)
+        self._link.on_lost(self._consumers.settler.lost)
+        self._link.on_lost(self._publisher.lost)
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def consume(
+        self, type_: str, handler: Handler, span: str = "", span_attributes: dict | None = None
+    ) -> None:
+        """Consume this service's queue for `type_` (from the catalog) with `handler`.
+
+        With `span`, each handler call gets a span of that name (e.g. "predict") under the
+        message's process span.
+        """
+        entry = self._contracts.consumer(self._service, type_)
+        spec = next(q for q in self._topology.queues if q.name == entry.queue)
+        self._consumers.add(
+            Consumer(spec, frozenset(entry.accepts), handler, span, span_attributes or {})
+        )
+
+    def on_flush(self, flush: Callable[[], None]) -> None:
+        """Make handler effects durable in batches: `flush` runs before inputs are acknowledged."""
+        self._consumers.settler.on_flush(flush)
+
+    async def publish(self, *outs: Outgoing) -> None:
+        """Publish `outs` and return once the broker confirmed every one (see Publisher)."""
+        await self._publisher.publish(*outs)
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        """Connect, declare the topology and start consuming; False if `stop` came first.
+
+        Retries until the broker answers; errors retrying cannot fix raise `BrokerError`.
+        """
+        if not await self._link.start(stop):
+            return False
+        if self._consumers.entries:
+            self._watchdog = asyncio.create_task(watch_queues(self._link, self._consumers))
+        return True
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then stop cleanly; re-raises a fatal error instead."""
+        fatal = self._link.fatal
+        assert fatal is not None, "start() first"
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopper, fatal}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if fatal.done():
+            raise fatal.exception() or RuntimeError("broker failed")
+        await self.stop()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop consuming, let in-flight messages finish, then close."""
+        self._link.stopping = True
+        self._consumers.cancel()
+        acks, confirms = self._consumers.settler.acks, self._publisher.confirms
+        deadline = time.monotonic() + timeout
+        while (acks.unsettled or confirms) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if acks.unsettled or confirms:
+            log.warning(
+                "stopping with %d unacked inputs and %d unconfirmed publishes; the broker "
+                "redelivers the inputs",
+                acks.unsettled,
+                len(confirms),
+            )
+        self._consumers.settler.send_acks()
+        if self._watchdog:
+            self._watchdog.cancel()
+        await self._link.close()
+
+    async def _declare(self, chan: Channel) -> None:
+        try:
+            check = topology.verify if self._verify_only else topology.declare
+            await check(self._link.call, chan, self._topology)
+        except ChannelClosedByBroker as exc:
+            how = "RABBITMQ_TOPOLOGY=verify: " if self._verify_only else "declaring the topology: "
+            raise BrokerError(f"{how}{exc.reply_text}") from None

@@ -1,0 +1,202 @@
+"""The connection and its supervision: connect with backoff, one channel, reconnect when lost.
+
+`Connection` owns pika's AsyncioConnection and the one channel a service uses. The other parts say
+what a fresh channel needs (confirm mode, the topology, consumers) as `on_open` steps, run in the
+order they were registered, and what dies with a channel (unconfirmed publishes, unacked
+deliveries) as `on_lost` callbacks. A lost connection is reopened by `supervise()`; errors that
+retrying cannot fix (credentials, vhost, a conflicting queue) raise `BrokerError` and stop the
+service.
+
+It runs on asyncio through AsyncioConnection rather than BlockingConnection because the blocking
+adapter waits for each publisher confirm in turn; here many deliveries are in flight and the
+broker confirms them in batches (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pika
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.channel import Channel
+from pika.exceptions import (
+    AuthenticationError,
+    ProbableAccessDeniedError,
+    ProbableAuthenticationError,
+)
+
+log = logging.getLogger("modelwatch.broker")
+
+OpenStep = Callable[[Channel], Awaitable[None]]
+Lost = Callable[[BaseException], None]
+
+
+class BrokerError(RuntimeError):
+    """A failure retrying cannot fix: bad credentials, a missing vhost, a conflicting queue."""
+
+
+class Connection:
+    """One AMQP connection and one channel, reopened whenever they are lost."""
+
+    def __init__(self, url: str) -> None:
+        self.params = pika.URLParameters(url)
+        self.params.connection_attempts = 1
+        self.server = (self.params.host, self.params.port)  # for the messaging spans
+        self.conn: AsyncioConnection | None = None
+        self.channel: Channel | None = None
+        self.ready = asyncio.Event()  # set while a channel is open and set up
+        self.stopping = False
+        self.fatal: asyncio.Future[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._waiters: set[asyncio.Future[Any]] = set()
+        self._open_steps: list[OpenStep] = []
+        self._lost: list[Lost] = []
+        self._channel_errors: list[Lost] = []
+
+    def on_open(self, step: OpenStep) -> None:
+        """Run `step(channel)` on every new channel, after the steps registered before it."""
+        self._open_steps.append(step)
+
+    def on_lost(self, forget: Lost) -> None:
+        """Call `forget(exc)` when the channel is gone, with the reason."""
+        self._lost.append(forget)
+
+    def on_channel_error(self, learn: Lost) -> None:
+        """Call `learn(exc)` with the broker's reason whenever it closes the channel."""
+        self._channel_errors.append(learn)
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        """Connect (retrying until the broker answers), then supervise; False if `stop` came
+        first. Errors retrying cannot fix raise `BrokerError`."""
+        self.fatal = asyncio.get_running_loop().create_future()
+        connecting = asyncio.ensure_future(self.connect())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({connecting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            self.stopping = True
+            if self.conn is not None and not (self.conn.is_closed or self.conn.is_closing):
+                self.conn.close()
+            return False
+        connecting.result()  # re-raises BrokerError
+        self._supervisor = asyncio.create_task(self._supervise())
+        return True
+
+    async def close(self) -> None:
+        """Close for good (the caller set `stopping` and let in-flight work finish)."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        if self.conn is not None and not (self.conn.is_closed or self.conn.is_closing):
+            self.conn.close()
+            await self._closed.wait()
+
+    def reconnect(self) -> None:
+        """Drop the connection; the supervisor opens a new one."""
+        if self.conn is not None and self.conn.is_open:
+            self.conn.close()
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the service with `exc` (run_until re-raises it)."""
+        log.critical("giving up: %s", exc)
+        if self.fatal is not None and not self.fatal.done():
+            self.fatal.set_exception(exc)
+
+    async def call(self, start: Callable[[Callable[[Any], None]], Any]) -> Any:
+        """Run a pika call that reports through a callback, failing if the channel dies."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.add(fut)
+        start(lambda result: fut.done() or fut.set_result(result))
+        try:
+            return await fut
+        finally:
+            self._waiters.discard(fut)
+
+    async def connect(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._open()
+                return
+            except BrokerError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any other failure is worth a retry
+                log.warning("broker not reachable (%s); retrying in %.1f s", why(exc), delay)
+                self._teardown(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _supervise(self) -> None:
+        try:
+            while True:
+                await self._closed.wait()
+                if self.stopping:
+                    return
+                await self.connect()
+        except BrokerError as exc:
+            self.fail(exc)
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[AsyncioConnection] = loop.create_future()
+        self._closed.clear()
+
+        def on_error(_conn: AsyncioConnection, exc: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(exc)
+
+        self.conn = AsyncioConnection(
+            self.params,
+            on_open_callback=opened.set_result,
+            on_open_error_callback=on_error,
+            on_close_callback=self._on_connection_closed,
+            custom_ioloop=loop,
+        )
+        try:
+            conn = await opened
+        except (ProbableAuthenticationError, AuthenticationError):
+            raise BrokerError(
+                "RABBITMQ_URL: the broker refused the user name or password"
+            ) from None
+        except ProbableAccessDeniedError:
+            raise BrokerError("RABBITMQ_URL: the user may not open that vhost") from None
+        channel: Channel = await self.call(lambda cb: conn.channel(on_open_callback=cb))
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        for step in self._open_steps:
+            await step(channel)
+        log.info(
+            "connected to %s:%s vhost %r", self.params.host, self.params.port,
+            self.params.virtual_host,
+        )  # fmt: skip
+        self.ready.set()
+
+    def _on_connection_closed(self, _conn: AsyncioConnection, exc: BaseException) -> None:
+        if not self.stopping:
+            log.warning("connection lost: %s", why(exc))
+        self._teardown(exc)
+        self._closed.set()
+
+    def _on_channel_closed(self, _chan: Channel, exc: BaseException) -> None:
+        for learn in self._channel_errors:
+            learn(exc)
+        for fut in list(self._waiters):
+            if not fut.done():
+                fut.set_exception(exc)
+        if not self.stopping and self.conn is not None and self.conn.is_open:
+            log.warning("channel closed: %s; reconnecting", why(exc))
+            self.conn.close()
+
+    def _teardown(self, exc: BaseException) -> None:
+        self.ready.clear()
+        self.channel = None
+        for forget in self._lost:
+            forget(exc)
+
+
+def why(exc: BaseException | None) -> str:
+    return f"{type(exc).__name__}: {exc}" if exc else "unknown"
