@@ -9,7 +9,9 @@ OpenTelemetry messaging conventions and is given when the span starts.
 Why not opentelemetry-instrumentation-pika's wrappers (used before): they name spans and set keys
 by older conventions, which hooks had to rewrite through the span's private attribute store after
 the fact; they never wrap the async Channel's consumers, which needed a private decorator; and
-wrapper plus rewrite cost about as much CPU per message as the publish itself (README, Benchmark).
+wrapper plus rewrite cost more CPU per message than spans made directly (docs/benchmark.md).
+An upstream producer may still use that instrumentation: its `traceparent` header is extracted
+here like any other (docs/tracing.md).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def publishing(
     if routing_key:  # only dead letters have one: the queue they came from
         attributes[attr.MESSAGING_ROUTING_KEY] = routing_key
     # Not made current: nothing happens inside it but the publish, and attaching a context to
-    # the task and detaching it again cost a fifth of the span.
+    # the task and detaching it again was a sizeable share of the span's cost (docs/benchmark.md).
     span = tracer(SCOPE).start_span(
         f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes
     )

@@ -37,8 +37,8 @@ SAMPLERS = {
 }  # fmt: skip
 _provider: TracerProvider | None = None
 # Our defaults where the variables are unset: export small batches often. The SDK's (512 spans
-# every 5 s) made the export thread hold the GIL long enough to double p99 latency (20 ms at
-# 200 rows/s against 9 ms with these); the queue is larger so a burst at full speed drops nothing.
+# every 5 s) made the export thread hold the GIL long enough to raise p99 latency markedly (figures
+# in docs/benchmark.md); the queue is larger so a burst at full speed drops nothing.
 _BSP = {
     "OTEL_BSP_SCHEDULE_DELAY": "schedule_delay_millis",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "max_export_batch_size",
@@ -109,7 +109,8 @@ def shutdown_tracing(timeout_s: float = 5.0) -> None:
 @functools.cache
 def tracer(name: str = "modelwatch") -> trace.Tracer:
     """A tracer of the global provider (a proxy until setup_tracing runs), made once per name:
-    get_tracer builds a new object each call, which cost the metric service 15% of its CPU."""
+    get_tracer builds a new object each call, a cost the metric service felt on every message
+    (docs/benchmark.md)."""
     return trace.get_tracer(name)
 
 

@@ -63,9 +63,9 @@ def tune_gc() -> None:
     Every message makes short-lived objects (spans, frames, dicts) and a span waits in the export
     queue long enough to be promoted, so collections came often and each full one walked every
     object the imports made (numpy, scikit-learn, pika, the SDK). Freezing what exists after
-    start-up takes those out of every collection, and a larger first generation collects a tenth
-    as often. Reference counting still frees everything that is not in a cycle at once. Measured
-    with `modelwatch bench` (README, Benchmark): features' CPU per row -25%, model's -15%.
+    start-up takes those out of every collection, and a larger first generation collects far less
+    often. Reference counting still frees everything that is not in a cycle at once. What it
+    saved per row, measured with `modelwatch bench`, is in docs/benchmark.md.
     """
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)

@@ -28,7 +28,7 @@ from services.features.settings import Settings
 
 log = logging.getLogger("modelwatch.features")
 # At full speed, rows are handed to the loop in bursts: their publishes share socket writes
-# (one write per row made the send syscall a third of this process's CPU).
+# (one write per row made the send syscall a large share of this process's CPU; docs/benchmark.md).
 FULL_SPEED_BURST = 64
 
 

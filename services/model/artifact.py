@@ -37,8 +37,8 @@ class LoadedModel:
 
     def predict_row(self, features: list[float]) -> float:
         """The estimator's prediction for one row: its linear function of the fitted `coef_` and
-        `intercept_`. predict() spends ~80 us validating a single row against ~1 us for this;
-        tests check the two agree."""
+        `intercept_`. predict() spends far longer validating a single row than this takes
+        (docs/benchmark.md); tests check the two agree."""
         return float(np.asarray(features, dtype=float) @ self.estimator.coef_
                      + self.estimator.intercept_)  # fmt: skip
 

@@ -219,8 +219,8 @@ class _Emitter:
 class _RowCounter:
     """Rows in the growing CSV, reading only what was appended since the last look.
 
-    Re-reading the whole file every 50 ms took CPU from the pipeline it measures (megabytes a
-    second by the end of a run)."""
+    Re-reading the whole file on every look took CPU from the pipeline it measures (the file
+    grows to megabytes by the end of a run; docs/benchmark.md)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
