@@ -58,6 +58,8 @@ def upstream(receiver: Receiver) -> Iterator[TracerProvider]:
 
 def publish_rows(amqp: Amqp, provider: TracerProvider, contracts: Contracts, n: int) -> list[str]:
     """Publish `n` rows (features v1 and y_true, one id each) through an instrumented channel."""
+    # instrument_channel wraps this channel only; instrument() would patch pika's classes for
+    # every later test in this process.
     PikaInstrumentor().instrument_channel(amqp.channel, tracer_provider=provider)
     tracer = provider.get_tracer("upstream.producer")
     examples = {t: contracts.root / t / "v1" / "examples" / "valid" for t in ("features", "y_true")}
