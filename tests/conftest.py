@@ -24,6 +24,7 @@ import pytest
 
 from services.common.contracts import Contracts
 from services.model.artifact import train
+from tools.otlp_sink import Receiver, Span
 
 REPO = Path(__file__).resolve().parents[1]
 AMQP_HOST = os.environ.get("TEST_RABBITMQ_HOST", "localhost")
@@ -172,6 +173,31 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real OTLP/HTTP endpoint on a free port, keeping every span it is sent."""
+    running = Receiver()
+    yield running
+    running.close()
+
+
+def traced(receiver: Receiver, **extra: str) -> dict[str, str]:
+    """Service variables that export spans over OTLP/HTTP to `receiver`, every 100 ms."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        **extra,
+    }
+
+
+def one(spans: list[Span], **match: str) -> Span:
+    """The single span whose fields equal `match`; fails naming what was found otherwise."""
+    found = [s for s in spans if all(getattr(s, k) == v for k, v in match.items())]
+    assert len(found) == 1, f"expected one span {match}, got {[(s.service, s.name) for s in found]}"
+    return found[0]
 
 
 class Amqp:

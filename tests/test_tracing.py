@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from observability.attributes import CUSTOM
-from tests.conftest import Amqp, Services, read_csv, wait_until
+from tests.conftest import Amqp, Services, one, read_csv, traced, wait_until
 from tools.otlp_sink import Receiver, Span
 
 pytestmark = pytest.mark.broker
@@ -21,22 +20,6 @@ OLD_KEYS = {"messaging.destination", "messaging.operation", "messaging.temp_dest
 MESSAGE_ID = "messaging.message.id"
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    running = Receiver()
-    yield running
-    running.close()
-
-
-def traced(receiver: Receiver, **extra: str) -> dict[str, str]:
-    return {
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-        **extra,
-    }
-
-
 def run_pipeline(services: Services, env: dict[str, str], n: int, csv_path: Path) -> None:
     services.start("metric", **env)
     services.start("model", **env)
@@ -44,12 +27,6 @@ def run_pipeline(services: Services, env: dict[str, str], n: int, csv_path: Path
     wait_until(lambda: len(read_csv(csv_path)) >= n, 60, f"{n} rows")
     for name in ("features", "model", "metric"):
         assert services.stop(name) == 0, services.output(name)
-
-
-def one(spans: list[Span], **match: str) -> Span:
-    found = [s for s in spans if all(getattr(s, k) == v for k, v in match.items())]
-    assert len(found) == 1, f"expected one span {match}, got {[(s.service, s.name) for s in found]}"
-    return found[0]
 
 
 def test_each_emission_is_one_trace_through_features_model_and_metric(
