@@ -12,6 +12,7 @@ that is reported once, not once per batch.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from services.common.internals import fall_back
 from services.common.settings import ConfigError
 
 log = logging.getLogger("modelwatch.tracing")
@@ -81,6 +83,12 @@ def setup_tracing(default_name: str, env: Mapping[str, str] = os.environ) -> Non
     exporter_logs = logging.getLogger("opentelemetry.exporter")
     exporter_logs.addHandler(_ExportTrouble())
     exporter_logs.propagate = False
+    # A private logger name of the SDK (services/common/internals.py): if it moves, the SDK's
+    # "queue full, dropping spans" warnings come as often as it writes them.
+    if importlib.util.find_spec("opentelemetry.sdk._shared_internal") is None:
+        fall_back(
+            "one warning per dropped-span message", "opentelemetry.sdk._shared_internal moved"
+        )
     logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(_Once())
 
 
@@ -136,10 +144,15 @@ def _otlp(env: Mapping[str, str]) -> SpanExporter:
 
         return OTLPSpanExporter()
     if protocol.strip() == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError:
+            raise ConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter, an optional extra: "
+                "pip install 'modelwatch[grpc]' (or use http/protobuf)"
+            ) from None
         return GrpcExporter()
     raise ConfigError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc, got {protocol!r}"
