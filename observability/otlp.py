@@ -128,9 +128,9 @@ def _span(span: ReadableSpan) -> bytes:
         attributes = span.attributes
     if attributes:
         out.append(_attributes(9, attributes))
-        dropped = getattr(attributes, "dropped", 0)
-        if dropped:
-            out += (b"\x50", _varint(dropped))
+    dropped = getattr(attributes, "dropped", 0)  # also when every attribute was dropped
+    if dropped:
+        out += (b"\x50", _varint(dropped))
     out += (_field(11, _event(event)) for event in _own(span, "events"))
     if span.dropped_events:
         out += (b"\x60", _varint(span.dropped_events))
