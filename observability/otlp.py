@@ -202,7 +202,11 @@ def _attributes(field: int, attributes: Mapping[str, Any]) -> bytes:
         try:
             pair = _PAIRS[key, value]
         except (KeyError, TypeError):  # TypeError: an unhashable value (a list)
-            pair = _pair(key, value)
+            try:
+                pair = _pair(key, value)
+            except ValueError as error:  # what the SDK stores but protobuf cannot carry
+                log.warning("attribute %r dropped, as the SDK's encoder drops it: %s", key, error)
+                continue
         out += (tag, _len(pair), pair)
     return b"".join(out)
 
@@ -231,6 +235,8 @@ def _any(value: Any) -> bytes:
     if isinstance(value, str):
         return _field(1, value.encode())  # an empty string is still a set value here
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:  # the SDK stores any int; protobuf refuses these
+            raise ValueError(f"{value} does not fit in an int64")
         return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64 as two's complement
     if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)

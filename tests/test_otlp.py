@@ -114,6 +114,23 @@ def test_a_span_that_dropped_all_its_attributes_still_counts_them() -> None:
     assert encoded.dropped_attributes_count == 2
 
 
+@pytest.mark.parametrize("dropped", [
+    {"int64 max + 1": 2**63}, {"int64 min - 1": -(2**63) - 1}, {"nested": (1, {"k": 2**64})},
+    {"surrogate value": "\ud800"}, {"surrogate \udfff key": "v"},
+])  # fmt: skip
+def test_an_attribute_protobuf_cannot_carry_is_dropped_as_the_sdk_drops_it(dropped) -> None:
+    memory = InMemorySpanExporter()
+    with sdk_provider(memory).get_tracer("t").start_as_current_span("s") as span:
+        span.set_attributes({"before": -(2**63), **dropped, "after": 2**63 - 1})
+        span.add_event("e", dropped)
+        span.add_link(SpanContext(1, 1, is_remote=False), dropped)
+    spans = memory.get_finished_spans()
+    assert_encodes_as_the_sdk_does(spans)
+    encoded = encode_spans(spans).resource_spans[0].scope_spans[0].spans[0]
+    assert [a.key for a in encoded.attributes] == ["before", "after"]
+    assert not encoded.events[0].attributes and not encoded.links[0].attributes
+
+
 def test_an_empty_batch_encodes_as_an_empty_request() -> None:
     assert encode_request([]) == b""
     assert ExportTraceServiceRequest.FromString(b"") == encode_spans([])
