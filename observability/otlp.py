@@ -88,15 +88,22 @@ def _transport(env: Mapping[str, str]) -> BaseHTTPTransport | None:
 
 def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
     """Serialized ExportTraceServiceRequest: spans grouped by resource, then by scope."""
-    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    # Grouped as the SDK's encoder groups them: by equal resource, then equal scope (providers
+    # each hold their own, and two may be equal). Resource hashes a JSON dump of its attributes,
+    # so each pair of objects is looked up once a batch, not once a span.
+    groups: dict[Any, dict[Any, list[bytes]]] = {}
+    lists: dict[tuple[int, int], list[bytes]] = {}
     for span in spans:
         resource, scope = span.resource, span.instrumentation_scope
-        scopes = groups.setdefault(id(resource), (resource, {}))[1]
-        scopes.setdefault(id(scope), (scope, []))[1].append(_span(span))
+        encoded = lists.get((id(resource), id(scope)))
+        if encoded is None:
+            scopes = groups.setdefault(resource, {})
+            encoded = lists[id(resource), id(scope)] = scopes.setdefault(scope, [])
+        encoded.append(_span(span))
     out = []
-    for resource, scopes in groups.values():
+    for resource, scopes in groups.items():
         body = [_field(1, _attributes(1, resource.attributes))]  # Resource
-        for scope, encoded in scopes.values():
+        for scope, encoded in scopes.items():
             scope_spans = [_field(1, _scope(scope)), *(b"\x12" + _len(s) + s for s in encoded)]
             if scope is not None and scope.schema_url:
                 scope_spans.append(_string(3, scope.schema_url))

@@ -131,6 +131,23 @@ def test_an_attribute_protobuf_cannot_carry_is_dropped_as_the_sdk_drops_it(dropp
     assert not encoded.events[0].attributes and not encoded.links[0].attributes
 
 
+def test_equal_resources_and_scopes_of_two_providers_share_one_group() -> None:
+    memory = InMemorySpanExporter()
+    one, two = (
+        sdk_provider(memory, Resource({"service.name": "model"})).get_tracer("modelwatch", "1")
+        for _ in range(2)
+    )
+    for n, tracer in enumerate([one, two, one]):
+        with tracer.start_as_current_span(f"span {n}"):
+            pass
+    spans = memory.get_finished_spans()
+    assert spans[0].resource is not spans[1].resource
+    assert_encodes_as_the_sdk_does(spans)
+    (resource,) = encode_spans(spans).resource_spans
+    (scope,) = resource.scope_spans
+    assert [s.name for s in scope.spans] == ["span 0", "span 1", "span 2"]
+
+
 def test_an_empty_batch_encodes_as_an_empty_request() -> None:
     assert encode_request([]) == b""
     assert ExportTraceServiceRequest.FromString(b"") == encode_spans([])
