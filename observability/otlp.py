@@ -117,15 +117,22 @@ def _transport(env: Mapping[str, str]) -> Any:
 
 def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
     """Serialized ExportTraceServiceRequest: spans grouped by resource, then by scope."""
-    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
+    # Grouped as the SDK's encoder groups them: by equal resource, then equal scope (providers
+    # each hold their own, and two may be equal). Resource hashes a JSON dump of its attributes,
+    # so each pair of objects is looked up once a batch, not once a span.
+    groups: dict[Any, dict[Any, list[bytes]]] = {}
+    lists: dict[tuple[int, int], list[bytes]] = {}
     for span in spans:
         resource, scope = span.resource, span.instrumentation_scope
-        scopes = groups.setdefault(id(resource), (resource, {}))[1]
-        scopes.setdefault(id(scope), (scope, []))[1].append(_span(span))
+        encoded = lists.get((id(resource), id(scope)))
+        if encoded is None:
+            scopes = groups.setdefault(resource, {})
+            encoded = lists[id(resource), id(scope)] = scopes.setdefault(scope, [])
+        encoded.append(_span(span))
     out = []
-    for resource, scopes in groups.values():
+    for resource, scopes in groups.items():
         body = [_field(1, _attributes(1, resource.attributes))]  # Resource
-        for scope, encoded in scopes.values():
+        for scope, encoded in scopes.items():
             scope_spans = [_field(1, _scope(scope)), *(b"\x12" + _len(s) + s for s in encoded)]
             if scope is not None and scope.schema_url:
                 scope_spans.append(_string(3, scope.schema_url))
@@ -157,9 +164,9 @@ def _span(span: ReadableSpan) -> bytes:
         attributes = span.attributes
     if attributes:
         out.append(_attributes(9, attributes))
-        dropped = getattr(attributes, "dropped", 0)
-        if dropped:
-            out += (b"\x50", _varint(dropped))
+    dropped = getattr(attributes, "dropped", 0)  # also when every attribute was dropped
+    if dropped:
+        out += (b"\x50", _varint(dropped))
     out += (_field(11, _event(event)) for event in _own(span, "events"))
     if span.dropped_events:
         out += (b"\x60", _varint(span.dropped_events))
@@ -231,7 +238,11 @@ def _attributes(field: int, attributes: Mapping[str, Any]) -> bytes:
         try:
             pair = _PAIRS[key, value]
         except (KeyError, TypeError):  # TypeError: an unhashable value (a list)
-            pair = _pair(key, value)
+            try:
+                pair = _pair(key, value)
+            except ValueError as error:  # what the SDK stores but protobuf cannot carry
+                log.warning("attribute %r dropped, as the SDK's encoder drops it: %s", key, error)
+                continue
         out += (tag, _len(pair), pair)
     return b"".join(out)
 
@@ -260,6 +271,8 @@ def _any(value: Any) -> bytes:
     if isinstance(value, str):
         return _field(1, value.encode())  # an empty string is still a set value here
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:  # the SDK stores any int; protobuf refuses these
+            raise ValueError(f"{value} does not fit in an int64")
         return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64 as two's complement
     if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
