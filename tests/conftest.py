@@ -30,6 +30,22 @@ REPO = Path(__file__).resolve().parents[1]
 AMQP_HOST = os.environ.get("TEST_RABBITMQ_HOST", "localhost")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # `broker` and `node_conf` are registered in pyproject.toml; these two belong to the tests.
+    config.addinivalue_line(
+        "markers", "npm: needs node and the AsyncAPI tools that `npm ci` installs (scripts/setup)"
+    )
+    config.addinivalue_line(
+        "markers", "root: needs root (starts RabbitMQ nodes as the rabbitmq user, mounts a tmpfs)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    root = item.get_closest_marker("root")
+    if root is not None and os.geteuid() != 0:
+        pytest.skip(f"needs root: {root.args[0] if root.args else 'marked root'}")
+
+
 def rabbitmqctl(*args: str) -> str:
     done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:

@@ -78,6 +78,7 @@ def test_compatible_change_is_allowed(name: str, case: object) -> None:
     assert narrowing(before, after) == []
 
 
+@pytest.mark.npm  # the AsyncAPI parser and diff run on node
 def test_the_repository_contracts_pass() -> None:
     report = check(REPO / "contracts")
     assert report.problems == []
@@ -189,6 +190,7 @@ def test_a_new_version_is_checked_against_the_previous_under_the_mode(history: P
     ) in done.stdout
 
 
+@pytest.mark.npm  # the AsyncAPI parser and diff run on node
 def test_an_unchanged_history_passes(history: Path) -> None:
     done = run_checker(history, "HEAD~1")
     assert done.returncode == 0, done.stdout

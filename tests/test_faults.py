@@ -4,7 +4,9 @@ The machine's shared broker is never touched: the node has its own name, ports a
 For each fault, rows flow through the real services while the fault is injected, and the
 accounting must hold: every features message the broker confirmed (seen by a durable spy queue on
 the features exchange) ends as exactly one CSV row; no row for an id that was never emitted; no id
-twice; nothing dead-lettered or orphaned.
+twice; nothing dead-lettered or orphaned. Each test also checks that its fault happened and
+was seen: by the services' own log lines or by what the broker reports, so none of them can pass
+with a fault that did nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +30,22 @@ import pika
 import pytest
 
 from services.common.broker import DeadLetters
-from tests.conftest import REPO, Amqp, Services, model_broker_in_thread, read_csv, wait_until
+from tests.conftest import (
+    REPO,
+    Amqp,
+    Services,
+    model_broker_in_thread,
+    rabbitmqctl,
+    read_csv,
+    wait_until,
+)
 from tools.bench.spy import Spy
+from tools.otlp_sink import Receiver
 
-pytestmark = pytest.mark.broker
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.root("starts private RabbitMQ nodes as the rabbitmq user (su, chown)"),
+]
 
 
 def _free_port() -> int:
@@ -131,14 +146,33 @@ def _queue_depth(node: PrivateNode, queue: str) -> int:
     return 0
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _connection_states(node: PrivateNode) -> list[str]:
+    return node.ctl("list_connections", "state", "--no-table-headers").split()
+
+
+def saw_the_loss(services: Services, *names: str, unreachable: bool = False) -> None:
+    """Each named service lost its connection and connected again (as its log says); with
+    `unreachable`, it also found the broker gone while it tried to reconnect."""
+    for name in names:
+        out = services.output(name)
+        assert "connection lost" in out, (name, out[-2000:])
+        assert out.count("connected to") >= 2, (name, out[-2000:])
+        if unreachable:
+            assert "broker not reachable" in out, (name, out[-2000:])
+
+
 def run_through(node: PrivateNode, services: Services, service_env: dict, n: int,
-                fault: Callable[[], None]) -> dict[str, int]:  # fmt: skip
+                fault: Callable[[], None], interval: str = "0.002") -> dict[str, int]:  # fmt: skip
     csv_path = Path(service_env["METRIC_LOG_PATH"])
     spy = Spy(node.url, "features", "test.spy.features")  # what the broker confirmed, kept
     env = {"RABBITMQ_URL": node.url}
     services.start("metric", **env)
     services.start("model", **env)
-    services.start("features", **env, FEATURES_COUNT=str(n), FEATURES_INTERVAL_S="0.002")
+    services.start("features", **env, FEATURES_COUNT=str(n), FEATURES_INTERVAL_S=interval)
     wait_until(lambda: len(read_csv(csv_path)) > n // 5, 60, "the first rows")
     fault()
     # Features are paced (>= 2 ms a row), so this holds on any machine; if it did not, the run
@@ -164,7 +198,7 @@ def run_through(node: PrivateNode, services: Services, service_env: dict, n: int
 def test_all_connections_closed_by_the_broker(node, services, service_env) -> None:
     run_through(node, services, service_env, 2000,
                 lambda: node.ctl("close_all_connections", "fault test"))  # fmt: skip
-    assert "connection lost" in services.output("model")
+    saw_the_loss(services, "features", "model", "metric")
 
 
 def test_broker_application_stopped_and_started(node, services, service_env) -> None:
@@ -174,6 +208,8 @@ def test_broker_application_stopped_and_started(node, services, service_env) -> 
         node.ctl("start_app")
 
     run_through(node, services, service_env, 2000, bounce)
+    # stop_app closes the listener too: reconnecting failed until start_app.
+    saw_the_loss(services, "features", "model", "metric", unreachable=True)
 
 
 def test_broker_killed_and_restarted(node, services, service_env) -> None:
@@ -183,42 +219,80 @@ def test_broker_killed_and_restarted(node, services, service_env) -> None:
         node.start()
 
     run_through(node, services, service_env, 2000, crash)
-    assert "not confirmed" in services.output("features") or "connection lost" in \
-        services.output("features")  # fmt: skip
+    saw_the_loss(services, "features", "model", "metric", unreachable=True)
 
 
 def test_model_killed_mid_batch_and_restarted(node, services, service_env) -> None:
+    killed = {}
+
     def kill_model() -> None:
-        services.stop("model", signal.SIGKILL)
+        killed["status"] = services.stop("model", signal.SIGKILL)
         services.start("model", RABBITMQ_URL=node.url)
 
     run_through(node, services, service_env, 2000, kill_model)
+    assert killed["status"] == -signal.SIGKILL  # it died of the kill, not of its own accord
+    # Both processes write model.out: the second connected, and no one stopped the first cleanly.
+    out = services.output("model")
+    assert out.count("connected to") == 2, out[-2000:]
+    assert out.count("received SIGTERM") == 1, out[-2000:]  # only the second, at the end
 
 
 def test_two_model_replicas_predict_each_message_once(node, services, service_env) -> None:
     predicted = Spy(node.url, "y_pred", "test.spy.y_pred")
     first = {}
+    receiver = Receiver()  # the second replica's spans say which messages it handled
+    csv_path = Path(service_env["METRIC_LOG_PATH"])
 
     def second_replica() -> None:
         first["model"] = services.procs["model"]
-        services.start("model", RABBITMQ_URL=node.url)
+        services.start("model", RABBITMQ_URL=node.url, OTEL_TRACES_EXPORTER="otlp",
+                       OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+                       OTEL_SERVICE_NAME="model-2", OTEL_BSP_SCHEDULE_DELAY="100")  # fmt: skip
+        # A model takes seconds to start on a busy machine: the fault is on once both consume.
+        wait_until(lambda: "model.features\t2" in node.ctl("list_queues", "name", "consumers"),
+                   60, "two consumers on model.features")  # fmt: skip
+        first["left"] = 2000 - len(read_csv(csv_path))
 
-    run_through(node, services, service_env, 2000, second_replica)
+    try:
+        # Paced at 10 ms a row, so the stream outlasts the second replica's start.
+        run_through(node, services, service_env, 2000, second_replica, "0.01")  # stops the 2nd
+        by_second = {s.attributes["messaging.message.id"] for s in receiver.snapshot()
+                     if (s.service, s.name) == ("model-2", "predict")}  # fmt: skip
+    finally:
+        receiver.close()
     predictions = predicted.drain()
     assert len(predictions) == len(set(predictions)) == 2000  # each predicted exactly once
+    assert first["model"].poll() is None  # the first replica served to the end, too
     first["model"].send_signal(signal.SIGTERM)
     assert first["model"].wait(30) == 0
+    # The queue shared the work: the second replica predicted part of it, not none or all.
+    left = first["left"]  # rows not yet recorded when the second replica was consuming
+    assert left >= 200, left
+    assert left // 4 <= len(by_second) <= left, (len(by_second), left)
+    assert by_second <= set(predictions)
 
 
 def test_a_memory_alarm_blocks_publishers_who_wait_and_lose_nothing(
     node, services, service_env
 ) -> None:
+    held = {}
+
     def alarm() -> None:
         node.ctl("set_vm_memory_high_watermark", "0.000001")  # every publisher blocked
-        time.sleep(4)
-        node.ctl("set_vm_memory_high_watermark", "0.4")
+        try:
+            wait_until(lambda: "blocked" in _connection_states(node), 10, "a blocked publisher")
+            held["from"] = _utc_now() + timedelta(seconds=1)  # what was queued drains first
+            time.sleep(3)
+            held["until"] = _utc_now()
+        finally:
+            node.ctl("set_vm_memory_high_watermark", "0.4")
 
     run_through(node, services, service_env, 2000, alarm)
+    # While publishers were blocked, no y_pred reached the metric service: nothing was recorded.
+    recorded = [datetime.fromisoformat(r["recorded_at"])
+                for r in read_csv(Path(service_env["METRIC_LOG_PATH"]))]  # fmt: skip
+    during = [t for t in recorded if held["from"] <= t <= held["until"]]
+    assert during == [], (len(during), held)
 
 
 def test_large_dead_letters_sent_while_the_broker_stops_reading_arrive_byte_for_byte(
@@ -279,12 +353,15 @@ def test_a_deleted_queue_is_redeclared_and_consumed_again(node, services, servic
     wait_until(lambda: len(read_csv(csv_path)) > 50, 60, "the first rows")
     node.ctl("delete_queue", "model.features")
     wait_until(lambda: "connection lost" in services.output("model"), 30, "the model to notice")
+    # It noticed the deletion itself (the broker cancelled its consumer), not some other loss.
+    assert "the broker cancelled consumer" in services.output("model")
 
     def consumed_again() -> bool:
         listing = node.ctl("list_queues", "name", "consumers")
         return "model.features\t1" in listing
 
     wait_until(consumed_again, 60, "model.features to be redeclared and consumed")
+    assert services.output("model").count("connected to") == 2
     # What was in the deleted queue is gone (that is what deleting a queue does); what is emitted
     # afterwards is predicted and recorded again.
     after = len(read_csv(csv_path))
@@ -368,6 +445,11 @@ def test_an_output_over_the_limit_dead_letters_its_input(node, services) -> None
     assert services.stop("model") == 0
 
 
+def _unacked(vhost: str, queue: str) -> int:
+    listing = rabbitmqctl("list_queues", "-p", vhost, "name", "messages_unacknowledged")
+    return int(dict(line.split("\t") for line in listing.splitlines() if "\t" in line)[queue])
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs: a filesystem the test can fill up and free again."""
@@ -381,8 +463,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.root("mounts a tmpfs")
 def test_a_full_csv_filesystem_holds_acks_and_resumes_without_a_torn_line(
-    services: Services, service_env: dict, small_disk: Path
+    services: Services, service_env: dict, small_disk: Path, vhost: str
 ) -> None:
     csv_path = small_disk / "metric_log.csv"
     services.start("metric", METRIC_LOG_PATH=str(csv_path))
@@ -393,10 +476,13 @@ def test_a_full_csv_filesystem_holds_acks_and_resumes_without_a_torn_line(
     with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
         while True:  # take every free byte
             handle.write(b"\0" * 4096)
+    assert shutil.disk_usage(small_disk).free < 4096  # the filler took it all
     wait_until(lambda: "could not make" in services.output("metric"), 60, "the disk-full error")
+    assert "No space left on device" in services.output("metric")
     stalled = len(read_csv(csv_path))
     time.sleep(2)
     assert len(read_csv(csv_path)) == stalled  # nothing written, nothing acked meanwhile
+    assert _unacked(vhost, "metric.y_true") + _unacked(vhost, "metric.y_pred") > 0  # held
     assert services.procs["metric"].poll() is None
     filler.unlink()  # space returns
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -261,8 +262,39 @@ def test_wrong_password_fails_at_start_naming_the_setting(service_env: dict, vho
     assert "RABBITMQ_URL" in done.stderr and "password" in done.stderr
 
 
-def test_env_is_not_leaking_into_default_vhost() -> None:
-    assert "RABBITMQ_URL" not in os.environ or "modelwatch-test" not in os.environ["RABBITMQ_URL"]
+def _amqp_client_ports(pid: int) -> set[int]:
+    """The local ports of the process's TCP connections to port 5672 (/proc, no tools needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == 5672:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_services_under_test_connect_to_the_tests_vhost_never_the_default(
+    services: Services, vhost: str
+) -> None:
+    # The broker's own view: each service's connection, found by its client port, and its vhost.
+    for name in ("features", "model", "metric"):
+        services.start(name, FEATURES_INTERVAL_S="0.05")
+        wait_until(lambda n=name: "connected" in services.output(n), 30, f"{name} to connect")
+    ours = {port: name for name, proc in services.procs.items()
+            for port in _amqp_client_ports(proc.pid)}  # fmt: skip
+    listing = rabbitmqctl("list_connections", "peer_port", "vhost", "--no-table-headers")
+    seen = {}
+    for line in listing.splitlines():
+        port, _, where = line.partition("\t")
+        if int(port) in ours:
+            seen[ours[int(port)]] = where
+    assert seen == {"features": vhost, "model": vhost, "metric": vhost}, listing
 
 
 def test_a_mixed_v1_v2_features_stream_gives_one_correct_row_per_id(

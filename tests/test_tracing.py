@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from observability import attributes
 from observability.attributes import CUSTOM
 from tests.conftest import Amqp, Services, one, read_csv, traced, wait_until
 from tools.otlp_sink import Receiver, Span
@@ -149,8 +150,26 @@ def test_log_lines_written_while_handling_a_message_carry_its_trace(
     assert "unknown schema version" in span.attributes["modelwatch.dead_letter.reason"]
 
 
-def test_custom_attributes_are_described_once() -> None:
-    assert all(key.startswith("modelwatch.") and text for key, text in CUSTOM.items())
+def test_every_custom_attribute_a_run_emits_is_described_and_every_described_one_emitted(
+    services: Services, service_env: dict, receiver: Receiver, amqp: Amqp
+) -> None:
+    # A run that takes every path with a span attribute of its own: rows recorded, a flush, and
+    # a dead letter.
+    env, csv_path = traced(receiver), Path(service_env["METRIC_LOG_PATH"])
+    services.start("model", **env)
+    wait_until(lambda: "connected" in services.output("model"), 30, "model to connect")
+    amqp.publish("features", b"{broken", {"schema": "x"}, message_id="broken-1")
+    services.start("metric", **env)
+    services.start("features", FEATURES_COUNT="5", FEATURES_INTERVAL_S="0.01", **env)
+    wait_until(lambda: len(read_csv(csv_path)) >= 5, 60, "5 rows")
+    for name in ("features", "model", "metric"):
+        assert services.stop(name) == 0, services.output(name)
+    emitted = {key for span in receiver.snapshot() for key in span.attributes}
+    assert {k for k in emitted if k.startswith("modelwatch.")} == set(CUSTOM)
+    assert all(CUSTOM.values())
+    # Every other key is one of the OpenTelemetry names defined in observability/attributes.py.
+    defined = {v for k, v in vars(attributes).items() if k.isupper() and isinstance(v, str)}
+    assert emitted <= defined, emitted - defined
 
 
 def test_sigterm_exports_every_span_still_waiting_in_the_batch(
