@@ -117,6 +117,9 @@ class PrivateNode:
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        # The node's log outlives it (beside the test's other output), for a failure's post-mortem.
+        with contextlib.suppress(OSError):
+            shutil.copytree(self.root / "log", self.root.parent / "node-log")
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -459,3 +459,27 @@ def test_a_later_inputs_ack_never_covers_one_whose_output_failed(
     dead = {p.message_id for p, _ in amqp.drain("model.features.dlq")}
     assert dead == with_output
     assert amqp.count("model.features") == 0
+
+
+def test_a_broker_that_keeps_refusing_the_consumer_is_not_hammered(
+    services: Services, amqp: Amqp, contracts: Contracts, vhost: str
+) -> None:
+    # The model's user may not read model.features for a while, so the broker refuses its
+    # basic.consume and closes the channel right after every connect. Reconnecting at once each
+    # time made hundreds of connections a second (seen as 541s under a memory alarm); the pauses
+    # must grow while connections keep dying young, and consuming resumes once it may.
+    spy = spy_on(amqp, "y_pred")
+    services.start("model")  # declares the topology, so the next one only has to verify it
+    wait_until(lambda: "connected" in services.output("model"), 30, "the topology")
+    assert services.stop("model") == 0
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", r"^(?!model\.features$).*")
+    before = services.output("model").count("connected to")
+    services.start("model", RABBITMQ_TOPOLOGY="verify")
+    time.sleep(4)
+    out = services.output("model")
+    refused = out.count("connected to") - before
+    assert 2 <= refused <= 8, out  # 0.2 + 0.4 + 0.8 + 1.6 s of pauses fit in 4 s, not more
+    assert "ACCESS_REFUSED" in out and "reconnecting in" in out
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    _publish_rows(amqp, contracts, [str(uuid.uuid4())])
+    wait_until(lambda: amqp.count(spy) == 1, 30, "a prediction once the queue may be read")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,10 @@ from pika.exceptions import (
 )
 
 log = logging.getLogger("modelwatch.broker")
+
+# A connection that lasted this long was not refused outright: the next one opens at once. Short,
+# because the soak test closes every connection twice a second and must not wait out a backoff.
+_LIVED_S = 0.25
 
 OpenStep = Callable[[Channel], Awaitable[None]]
 Lost = Callable[[BaseException], None]
@@ -51,6 +56,7 @@ class Connection:
         self.stopping = False
         self.fatal: asyncio.Future[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._opened_at = 0.0
         self._closed = asyncio.Event()
         self._waiters: set[asyncio.Future[Any]] = set()
         self._open_steps: list[OpenStep] = []
@@ -131,11 +137,21 @@ class Connection:
                 delay = min(delay * 2, 10.0)
 
     async def _supervise(self) -> None:
+        """Reopen a lost connection: at once after one that lived, with growing pauses while they
+        keep dying young. A broker that accepts the connection and then closes it at once (a
+        quorum queue that cannot take a consumer answers basic.consume with 541) would otherwise
+        be hammered with thousands of connections a minute."""
+        delay = 0.0
         try:
             while True:
                 await self._closed.wait()
                 if self.stopping:
                     return
+                lived = time.monotonic() - self._opened_at
+                delay = 0.0 if lived >= _LIVED_S else min(max(delay * 2, 0.2), 10.0)
+                if delay:
+                    log.warning("the connection lived %.1f s; reconnecting in %.1f s", lived, delay)
+                    await asyncio.sleep(delay)
                 await self.connect()
         except BrokerError as exc:
             self.fail(exc)
@@ -173,6 +189,7 @@ class Connection:
             "connected to %s:%s vhost %r", self.params.host, self.params.port,
             self.params.virtual_host,
         )  # fmt: skip
+        self._opened_at = time.monotonic()
         self.ready.set()
 
     def _on_connection_closed(self, _conn: AsyncioConnection, exc: BaseException) -> None:
