@@ -21,6 +21,8 @@ from tests.broker_choice import selected
 from tests.brokers import CACHE_ROOT, Node
 from tests.conftest import REPO, wait_until
 
+ROOT = pytest.mark.root("starts RabbitMQ nodes as the rabbitmq user, in a chroot for 4.x")
+
 
 @pytest.fixture(scope="module")
 def debian13_root() -> Path:
@@ -64,6 +66,7 @@ def _server_version(connection: pika.BlockingConnection) -> str:
 
 
 @pytest.mark.broker
+@ROOT
 def test_a_node_keeps_confirmed_quorum_messages_through_a_crash(installation, tmp_path, timed):
     node = Node(tmp_path / "node", installation)
     try:
@@ -110,6 +113,7 @@ def _take(channel, most: int) -> list[bytes]:
 
 
 @pytest.mark.broker
+@ROOT
 def test_the_management_api_of_a_debian13_node(debian13_root, tmp_path, timed):
     node = Node(tmp_path / "node", "debian13", management=True)
     try:
@@ -145,6 +149,7 @@ def test_the_brokers_setting() -> None:
 
 
 @pytest.mark.broker
+@ROOT
 def test_two_nodes_of_one_root_run_side_by_side(debian13_root, tmp_path):
     # The next issue's shape: the session's shared node and a fault test's own node at once.
     first, second = (Node(tmp_path / name, "debian13") for name in ("first", "second"))

@@ -53,6 +53,14 @@ def test_dockerfile_passes_hadolint() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_image_carries_the_services_and_not_the_tools() -> None:
+    copied = re.findall(r"^COPY\s+(.+?)\s+\S+$", (REPO / "Dockerfile").read_text(), re.M)
+    sources = {part for line in copied for part in line.split()}
+    assert {"services", "observability", "contracts"} <= sources
+    assert not sources & {"tools", "tests", "."}, sources
+    assert {"tools", "tests"} <= set((REPO / ".dockerignore").read_text().split())
+
+
 def test_shell_scripts_pass_shellcheck() -> None:
     shell = [p for p in sorted((REPO / "scripts").iterdir()) if not p.suffix]
     scripts = [RENDER, REPO / ".ci" / "run", *shell]
