@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -483,3 +484,21 @@ def test_a_broker_that_keeps_refusing_the_consumer_is_not_hammered(
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     _publish_rows(amqp, contracts, [str(uuid.uuid4())])
     wait_until(lambda: amqp.count(spy) == 1, 30, "a prediction once the queue may be read")
+
+
+def test_a_background_task_that_fails_stops_the_service_loudly(
+    services: Services, service_env: dict
+) -> None:
+    # The orphan sweep runs beside the consumers. When it raises (here: its table is dropped
+    # from under it), the service must stop with a non-zero status, naming what failed, rather
+    # than go on consuming while halves that lost their partner are never recorded as orphans.
+    metric = services.start("metric", METRIC_JOIN_TIMEOUT_S="0.4")  # a sweep every 0.1 s
+    wait_until(lambda: "connected" in services.output("metric"), 30, "metric to connect")
+    db = sqlite3.connect(service_env["METRIC_STATE_PATH"])
+    db.execute("DROP TABLE halves")
+    db.commit()
+    db.close()
+    wait_until(lambda: metric.poll() is not None, 20, "metric to stop")
+    out = services.output("metric")
+    assert metric.returncode == 1, out
+    assert "background task 'orphan sweep' failed" in out and "no such table: halves" in out

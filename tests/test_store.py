@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,3 +104,58 @@ def test_expired_and_forgotten(tmp_path: Path, contracts: Contracts) -> None:
     record(store, "00000000-0000-4000-8000-000000000001")
     assert store.forget(settled_before=2**40) == 2
     assert store.pending_count() == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs for the state database: a filesystem the test can fill and free."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.root("mounts a tmpfs")
+def test_a_commit_refused_by_a_full_disk_is_retried_and_loses_nothing(
+    tmp_path: Path, small_disk: Path, contracts: Contracts
+) -> None:
+    # SQLite rolls the whole transaction back when a commit finds the disk full: the halves of
+    # that batch must neither be lost nor raise anything but the OSError the broker retries on.
+    store = Store(
+        small_disk / "state.sqlite3",
+        AppendOnlyCsv(tmp_path / "metric_log.csv", contracts.columns("metric_record"), "M"),
+        AppendOnlyCsv(tmp_path / "orphans.csv", contracts.columns("orphan_record"), "O"),
+    )
+    store.flush()
+    ids = [f"{n:08d}-6a4d-4e2f-9b1a-0c7d5e8f9a01" for n in range(60)]
+    for id_ in ids[:30]:
+        record(store, id_)  # joined rows
+    for id_ in ids[30:]:
+        store.keep(halves(id_)[0])  # halves waiting for a partner
+    filler = small_disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
+        while True:
+            handle.write(b"\0" * 4096)
+    with pytest.raises(OSError, match="database or disk is full"):
+        store.flush()
+    assert store.pending_count() == 30  # what the batch did is still seen by later lookups
+    assert store.lookup(ids[0], "y_pred")[0] is not None
+    filler.unlink()
+    store.flush()
+    store.close()
+    reopened = open_store_at(small_disk / "state.sqlite3", tmp_path, contracts)
+    assert reopened.pending_count() == 30
+    assert all(reopened.lookup(id_, "y_true")[0] for id_ in ids)
+    assert len(reopened.metrics.rows_after(0)) == 31  # the header and 30 rows, once each
+
+
+def open_store_at(db: Path, folder: Path, contracts: Contracts) -> Store:
+    return Store(
+        db,
+        AppendOnlyCsv(folder / "metric_log.csv", contracts.columns("metric_record"), "M"),
+        AppendOnlyCsv(folder / "orphans.csv", contracts.columns("orphan_record"), "O"),
+    )

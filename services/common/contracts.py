@@ -12,7 +12,7 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import jsonschema_rs
 from jsonschema import Draft202012Validator
@@ -74,7 +74,18 @@ class Topology:
             "x-delivery-limit": self.delivery_limit,
         }
 
-    DLQ_ARGUMENTS: ClassVar[dict[str, Any]] = {"x-queue-type": "quorum"}
+    def dlq_arguments(self, broker: tuple[int, ...] = (4,)) -> dict[str, Any]:
+        """A dead-letter queue on a broker of version `broker`: quorum, never dropping a message.
+
+        Listing dead letters takes each one and returns it, which is a delivery. RabbitMQ 4.0
+        gives every quorum queue a delivery limit of 20 unless it has one, and a dead-letter queue
+        has no dead-letter exchange of its own, so the 21st look would drop them: on 4.x the
+        limit is explicitly -1 (none). 3.x has no default limit and reads -1 as "drop on the first
+        return", so there the argument is left out.
+        """
+        if broker >= (4,):
+            return {"x-queue-type": "quorum", "x-delivery-limit": -1}
+        return {"x-queue-type": "quorum"}
 
 
 class Contracts:

@@ -50,7 +50,7 @@ def build(contracts: Contracts, vhost: str = "modelwatch") -> dict[str, Any]:
     grants = permissions(contracts)
     users = [*grants, ADMIN_USER]
     queues = [(q.name, topo.queue_arguments(q)) for q in topo.queues]
-    queues += [(q.dlq, topo.DLQ_ARGUMENTS) for q in topo.queues]
+    queues += [(q.dlq, topo.dlq_arguments((4,))) for q in topo.queues]  # the image is 4.x
     return {
         "vhosts": [{"name": vhost}],
         "users": [

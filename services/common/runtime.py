@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from observability import setup_tracing, shutdown_tracing
 from observability.tracing import TraceContextFilter
 from services.common.broker import BrokerError
+from services.common.broker.broker import BackgroundTaskFailed
 from services.common.settings import ConfigError
 
 log = logging.getLogger("modelwatch")
@@ -48,6 +49,9 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[int | None]]) ->
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
     except BrokerError as exc:
         print(f"{service}: {exc}", file=sys.stderr)
+    except BackgroundTaskFailed as exc:  # logged with its traceback where it happened
+        print(f"{service}: stopped: {exc}", file=sys.stderr)
+        status = 1
     finally:
         # The work is done: a late SIGTERM (e.g. from `modelwatch up` stopping everything) must
         # not kill the exiting interpreter, which restores default handlers while it shuts down.

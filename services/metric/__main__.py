@@ -46,7 +46,7 @@ async def main(stop: asyncio.Event) -> None:
     if not await broker.start(stop):
         store.close()
         return
-    sweeper = asyncio.create_task(sweep_forever(store, contracts, settings))
+    sweeper = broker.watch(sweep_forever(store, contracts, settings), "orphan sweep")
     try:
         await broker.run_until(stop)
     finally:

@@ -10,6 +10,13 @@
 A crash between the CSV write and the commit leaves rows past the recorded end: on start-up they
 are read back and their ids marked recorded, so the redelivered inputs are seen as duplicates. A
 torn last line (a crash inside a write) is cut off: it was never committed.
+
+Commits are durable before the broker hears an ack (`synchronous=FULL`: the WAL is fsynced at each
+commit; with NORMAL a power loss could undo a commit whose inputs were already acknowledged). A
+commit that fails (a full disk: SQLite then rolls the whole transaction back) is retried like a
+failed CSV write: the statements since the last commit are kept, replayed into a new transaction
+at once, so every later lookup still sees them, and `flush` raises OSError for the caller to keep
+the inputs unacknowledged and try again.
 """
 
 from __future__ import annotations
@@ -87,13 +94,15 @@ class Store:
     def __init__(self, db_path: Path, metrics: AppendOnlyCsv, orphans: AppendOnlyCsv) -> None:
         self._db = sqlite3.connect(db_path, isolation_level="DEFERRED")
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db_path = db_path
+        self._since_commit: list[tuple[str, tuple]] = []  # replayed if a commit is rolled back
         self._db.executescript(SCHEMA)
         self.metrics = metrics
         self.orphans = orphans
         self._recover(metrics, "joined", _metric_halves)
         self._recover(orphans, "orphaned", _orphan_halves)
-        self._db.commit()
+        self._commit()
 
     def lookup(self, id_: str, kind: str) -> tuple[Half | None, Half | None]:
         """The stored half of this kind and its partner, if any."""
@@ -113,7 +122,7 @@ class Store:
         self.metrics.add(row)
         self._put(half, "joined")
         partner = "y_pred" if half.kind == "y_true" else "y_true"
-        self._db.execute(
+        self._write(
             "UPDATE halves SET state = 'joined', since = ? WHERE id = ? AND kind = ?",
             (time.time(), half.id, partner),
         )
@@ -134,11 +143,10 @@ class Store:
 
     def forget(self, settled_before: float) -> int:
         """Drop recorded and orphaned halves older than the dedup window; returns how many."""
-        cursor = self._db.execute(
+        return self._write(
             "DELETE FROM halves WHERE state IN ('joined', 'orphaned') AND since < ?",
             (settled_before,),
-        )
-        return cursor.rowcount
+        ).rowcount
 
     def pending_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM halves WHERE state = 'pending'").fetchone()[0]
@@ -149,15 +157,29 @@ class Store:
         self.orphans.flush()
         self._set_end(self.metrics)
         self._set_end(self.orphans)
-        self._db.commit()
+        self._commit()
 
     def close(self) -> None:
         self._db.close()
         self.metrics.close()
         self.orphans.close()
 
+    def _write(self, sql: str, parameters: tuple) -> sqlite3.Cursor:
+        self._since_commit.append((sql, parameters))
+        return self._db.execute(sql, parameters)
+
+    def _commit(self) -> None:
+        try:
+            self._db.commit()
+        except sqlite3.OperationalError as exc:
+            if not self._db.in_transaction:  # rolled back: put the work back where lookups see it
+                for sql, parameters in self._since_commit:
+                    self._db.execute(sql, parameters)
+            raise OSError(f"{self._db_path}: {exc}") from exc
+        self._since_commit.clear()
+
     def _put(self, half: Half, state: str) -> None:
-        self._db.execute(
+        self._write(
             f"INSERT OR REPLACE INTO halves ({_HALF_COLUMNS}, since) VALUES ({_TEN_PLACES})",
             (
                 half.id,
@@ -174,9 +196,7 @@ class Store:
         )
 
     def _set_end(self, file: AppendOnlyCsv) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO file_ends VALUES (?, ?)", (str(file.path), file.size)
-        )
+        self._write("INSERT OR REPLACE INTO file_ends VALUES (?, ?)", (str(file.path), file.size))
 
     def _recover(
         self, file: AppendOnlyCsv, state: str, halves: Callable[[dict], list[Half]]

@@ -2,8 +2,8 @@
 
 A frame per ack cost the services and the broker CPU for every message, so acks are coalesced: one
 `basic.ack(multiple=True)` up to the newest delivery whose older deliveries are all settled. An ack
-must never cover a delivery still being handled (its output may yet fail and need a nack), and the
-broker refuses a multiple ack whose own tag it no longer counts as unacked, which is why a nacked
+must never cover a delivery still being handled (its output may yet fail and need a reject), and the
+broker refuses a multiple ack whose own tag it no longer counts as unacked, which is why a rejected
 tag is never the one acked.
 """
 
@@ -17,19 +17,19 @@ class AckWindow:
 
     def __init__(self) -> None:
         self._unacked: collections.deque[int] = collections.deque()
-        self._settled: dict[int, bool] = {}  # tag -> True for an ack, False for a nack (sent)
+        self._settled: dict[int, bool] = {}  # tag -> True for an ack, False for a reject (sent)
 
     def delivered(self, tag: int) -> None:
         self._unacked.append(tag)
 
     def settle(self, tag: int, *, ack: bool) -> None:
-        """`tag` is done: to be acked (`ack`) or already nacked by the caller."""
+        """`tag` is done: to be acked (`ack`) or already rejected by the caller."""
         self._settled[tag] = ack
 
     def take(self) -> int:
         """The tag to ack with `multiple=True` now (0: none), forgetting every tag it settles.
 
-        Up to and including the newest ack: nacked tags below it are no longer unacked.
+        Up to and including the newest ack: rejected tags below it are no longer unacked.
         """
         newest_ack = 0
         unacked, settled = self._unacked, self._settled

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pika.channel import Channel
 from pika.exceptions import ChannelClosedByBroker
@@ -29,6 +30,10 @@ from services.common.messages import Outgoing
 from services.common.settings import BrokerSettings
 
 log = logging.getLogger("modelwatch.broker")
+
+
+class BackgroundTaskFailed(RuntimeError):
+    """A task the service runs beside the broker (the watchdog, the orphan sweep) raised."""
 
 
 class Broker:
@@ -83,8 +88,22 @@ class Broker:
         if not await self._link.start(stop):
             return False
         if self._consumers.entries:
-            self._watchdog = asyncio.create_task(watch_queues(self._link, self._consumers))
+            self._watchdog = self.watch(watch_queues(self._link, self._consumers), "watchdog")
         return True
+
+    def watch(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run `work` beside the broker for the life of the service. If it fails, the service
+        stops with that error (exit status 1) instead of going on without it."""
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.critical("background task %r failed: %r; stopping", task.get_name(), exc, exc_info=exc)
+        self._link.fail(BackgroundTaskFailed(f"{task.get_name()} failed: {exc!r}"))
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then stop cleanly; re-raises a fatal error instead."""
@@ -120,7 +139,7 @@ class Broker:
     async def _declare(self, chan: Channel) -> None:
         try:
             check = topology.verify if self._verify_only else topology.declare
-            await check(self._link.call, chan, self._topology)
+            await check(self._link.call, chan, self._topology, self._link.broker_version)
         except ChannelClosedByBroker as exc:
             how = "RABBITMQ_TOPOLOGY=verify: " if self._verify_only else "declaring the topology: "
             raise BrokerError(f"{how}{exc.reply_text}") from None

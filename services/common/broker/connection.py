@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -62,6 +63,14 @@ class Connection:
         self._open_steps: list[OpenStep] = []
         self._lost: list[Lost] = []
         self._channel_errors: list[Lost] = []
+
+    @property
+    def broker_version(self) -> tuple[int, ...]:
+        """The connected broker's version (e.g. (4, 0, 5)), from its connection.start; () before."""
+        properties = getattr(self.conn, "server_properties", None) or {}
+        raw = properties.get("version", b"")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
     def on_open(self, step: OpenStep) -> None:
         """Run `step(channel)` on every new channel, after the steps registered before it."""

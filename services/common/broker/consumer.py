@@ -6,7 +6,7 @@ and outputs over the size limit are dead-lettered at once; a handler that raises
 the delivery limit, then dead-lettered. A handler with no outputs may have its effect made durable
 in batches (`on_flush`): the inputs are acked after the flush.
 
-Settling (acks, nacks, flush batches) is settle.py's.
+Settling (acks, rejects, flush batches) is settle.py's.
 """
 
 from __future__ import annotations

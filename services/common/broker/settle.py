@@ -1,4 +1,4 @@
-"""Settling deliveries: acks coalesced once per loop iteration, nacks at once, flush batches.
+"""Settling deliveries: acks coalesced once per loop iteration, rejects at once, flush batches.
 
 A frame per ack cost the services and the broker CPU for every message, so acks wait for the end
 of the loop iteration and go as one `multiple` ack up to the newest delivery whose older ones are
@@ -36,7 +36,7 @@ class _Batch:
 
 
 class Settler:
-    """Acks and nacks the deliveries of the connection's current channel."""
+    """Acks and rejects the deliveries of the connection's current channel."""
 
     def __init__(self, link: Connection) -> None:
         self._link = link
@@ -94,14 +94,18 @@ class Settler:
             self.settle(batch.channel, tag, requeue=False)
 
     def settle(self, chan: Channel, tag: int, *, requeue: bool) -> None:
-        """Ack (or nack for redelivery) on the channel the delivery came from, if it lives.
+        """Ack (or reject for redelivery) on the channel the delivery came from, if it lives.
 
-        A nack goes out at once; acks go once per loop iteration, coalesced (see acks.py).
+        A reject goes out at once; acks go once per loop iteration, coalesced (see acks.py).
+        Redeliveries are asked for with basic.reject, not basic.nack: from RabbitMQ 4.3 a nack
+        with requeue no longer counts toward a quorum queue's x-delivery-count (only a reject
+        does), so the catalog's delivery_limit would never be reached with nacks on 4.3+, while
+        a reject counts on 3.x and every 4.x alike.
         """
         if chan is not self._link.channel or not chan.is_open:
             return
         if requeue:
-            chan.basic_nack(tag, requeue=True)
+            chan.basic_reject(tag, requeue=True)
         self.acks.settle(tag, ack=not requeue)
         if not self._acks_scheduled:
             self._acks_scheduled = True

@@ -14,8 +14,10 @@ from services.common.contracts import Topology
 Call = Callable[[Callable[[Callable[[Any], None]], Any]], Awaitable[Any]]
 
 
-async def declare(call: Call, ch: Any, topo: Topology) -> None:
-    """Declare everything, durable; a no-op for what already exists with the same arguments."""
+async def declare(call: Call, ch: Any, topo: Topology, broker: tuple[int, ...] = (4,)) -> None:
+    """Declare everything, durable; a no-op for what already exists with the same arguments.
+    `broker` is the broker's version, which decides the dead-letter queues' arguments."""
+    dlq_arguments = topo.dlq_arguments(broker)
     dlx = topo.dead_letter_exchange
     await call(lambda cb: ch.exchange_declare(dlx, "direct", durable=True, callback=cb))
     for exchange in topo.exchanges:
@@ -27,11 +29,11 @@ async def declare(call: Call, ch: Any, topo: Topology) -> None:
             q.name, durable=True, arguments=a, callback=cb))  # fmt: skip
         await call(lambda cb, q=q: ch.queue_bind(q.name, q.exchange, callback=cb))
         await call(lambda cb, q=q: ch.queue_declare(
-            q.dlq, durable=True, arguments=topo.DLQ_ARGUMENTS, callback=cb))  # fmt: skip
+            q.dlq, durable=True, arguments=dlq_arguments, callback=cb))  # fmt: skip
         await call(lambda cb, q=q: ch.queue_bind(q.dlq, dlx, routing_key=q.name, callback=cb))
 
 
-async def verify(call: Call, ch: Any, topo: Topology) -> None:
+async def verify(call: Call, ch: Any, topo: Topology, broker: tuple[int, ...] = (4,)) -> None:
     """Check the preloaded topology exists; passive declares need no configure permission."""
     for exchange in (topo.dead_letter_exchange, *topo.exchanges):
         await call(lambda cb, e=exchange: ch.exchange_declare(e, passive=True, callback=cb))
