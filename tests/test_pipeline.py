@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.common.broker import DeadLetters
 from services.common.contracts import Contracts
 from services.common.messages import Outgoing
 from services.model.artifact import load
@@ -502,3 +503,38 @@ def test_a_background_task_that_fails_stops_the_service_loudly(
     out = services.output("metric")
     assert metric.returncode == 1, out
     assert "background task 'orphan sweep' failed" in out and "no such table: halves" in out
+
+
+def test_listing_dead_letters_thirty_times_keeps_every_one_and_replay_still_works(
+    services: Services, service_env: dict, amqp: Amqp, amqp_url: str, tmp_path: Path
+) -> None:
+    # Each look at a dead letter takes it and gives it back: a delivery. RabbitMQ 4.0 limits every
+    # quorum queue without a delivery limit to 20, and a dead-letter queue has nowhere to send what
+    # goes over it, so on 4.x the 21st look deleted the dead letters. On every broker they must
+    # stay however often they are listed, and still replay.
+    old = tmp_path / "contracts"
+    shutil.copytree(REPO / "contracts", old)
+    catalog = json.loads((old / "catalog.json").read_text())
+    catalog["types"]["features"]["consumers"][0]["accepts"] = [1]
+    (old / "catalog.json").write_text(json.dumps(catalog))
+    services.start("metric")
+    services.start("model", CONTRACTS_DIR=str(old))
+    services.start("features", FEATURES_COUNT="3", FEATURES_SCHEMA_VERSION="2")
+    wait_until(lambda: amqp.count("model.features.dlq") == 3, 30, "3 dead letters")
+    letters = DeadLetters(amqp_url)
+    try:
+        for look in range(30):
+            found = letters.list("model.features")
+            assert len(found) == 3, f"look {look + 1}: {len(found)} dead letters"
+            assert all("does not accept features v2" in f.reason for f in found)
+    finally:
+        letters.close()
+    assert amqp.count("model.features.dlq") == 3
+    assert services.stop("model") == 0
+    services.start("model")  # the fix: a model that accepts v2
+    replayed = subprocess.run([sys.executable, "-m", "services.cli", "dlq", "replay",
+                               "model.features"], env=service_env, capture_output=True,
+                              text=True)  # fmt: skip
+    assert "replayed 3 message(s)" in replayed.stdout, replayed.stdout + replayed.stderr
+    assert len(wait_rows(Path(service_env["METRIC_LOG_PATH"]), 3)) == 3
+    assert amqp.count("model.features.dlq") == 0
