@@ -1,7 +1,7 @@
 """Every span attribute key modelwatch sets, defined once.
 
 The messaging keys are OpenTelemetry's current semantic conventions; the `modelwatch.*` keys are our
-own, each with a one-line description (see the README's tracing section).
+own, each with a one-line description (docs/tracing.md lists them).
 """
 
 # OpenTelemetry messaging conventions.

@@ -103,9 +103,9 @@ class Contracts:
         )
         self.schema_ids: dict[tuple[str, int], str] = {}
         self._validators: dict[tuple[str, int], Draft202012Validator] = {}
-        # The hot path checks with jsonschema-rs (compiled; ~0.4 us against ~110 us per message
-        # here); jsonschema, which loads the registry and checks the metaschemas, words the
-        # reason when a message fails.
+        # The hot path checks with jsonschema-rs (compiled, a small fraction of jsonschema's cost
+        # per message: docs/benchmark.md); jsonschema, which loads the registry and checks the
+        # metaschemas, words the reason when a message fails.
         fast_registry = jsonschema_rs.Registry([(s["$id"], s) for s in schemas.values()])
         self._fast: dict[tuple[str, int], Any] = {}
         self._schemas: dict[tuple[str, int], dict[str, Any]] = {}

@@ -2,7 +2,7 @@
 
 Every setting is an environment variable, parsed once at start-up into a frozen object. A bad value
 raises `ConfigError` naming the variable, so a misconfiguration stops the service before it touches
-the broker. The README's settings table lists every variable these helpers read.
+the broker. docs/settings.md lists every variable these helpers read.
 """
 
 from __future__ import annotations
