@@ -18,10 +18,13 @@ What the `rabbitmq:4.x-management` container does, and what this node does inste
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -155,3 +158,23 @@ class ComposeBroker:
             if isinstance(value, str) and value.startswith("/app/logs/"):
                 env[key] = str(logs / value.removeprefix("/app/logs/"))
         return {key: str(value) for key, value in env.items()}
+
+
+@contextlib.contextmanager
+def booted(folder: Path) -> Iterator[ComposeBroker]:
+    """A ComposeBroker in `folder`, running for the block; the Debian 13 root is built first if
+    missing (scripts/debian13-root: minutes once, milliseconds after)."""
+    done = subprocess.run([REPO / "scripts" / "debian13-root"], capture_output=True, text=True,
+                          timeout=1200)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    broker = ComposeBroker(folder)
+    assert broker.rendered.returncode == 0, broker.rendered.stderr
+    assert broker.rendered.stdout.strip() == "started: rabbitmq-server"
+    started = time.monotonic()
+    broker.start()
+    try:
+        print(f"\nRabbitMQ {broker.node.version} booted as compose boots it in "
+              f"{time.monotonic() - started:.1f} s")  # fmt: skip
+        yield broker
+    finally:
+        broker.stop()

@@ -85,6 +85,9 @@ const walk = {
     await page.goto(env.UI_URL);
     seen.adminLogin = await login("admin", env.UI_ADMIN_PASSWORD);
     await page.locator("#logout input[value='Log out']").waitFor();
+    // The tabs and the page come after the header, from further requests.
+    await page.locator("#tabs a", { hasText: "Exchanges" }).waitFor();
+    await page.locator("h1", { hasText: "Overview" }).waitFor();
     seen.header = await page.locator("#logout").innerText();
     seen.versions = await page.locator("#versions").innerText();
     seen.tabs = await page.locator("#tabs").innerText();

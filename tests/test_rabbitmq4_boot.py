@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from services.common.contracts import Contracts
 from services.common.definitions import build
 from tests import compose_broker as cb
 from tests.compose_broker import VHOST, ComposeBroker, settings
-from tests.conftest import REPO, Services, read_csv, wait_until
+from tests.conftest import Services, read_csv, wait_until
 from tools.otlp_sink import Receiver
 
 BROKER_SERVICES = ("features", "model", "metric")
@@ -56,18 +55,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeBroker]:
-    done = subprocess.run([REPO / "scripts" / "debian13-root"], capture_output=True, text=True,
-                          timeout=1200)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    running = ComposeBroker(tmp_path_factory.mktemp("compose-broker"))
-    assert running.rendered.returncode == 0, running.rendered.stderr
-    assert running.rendered.stdout.strip() == "started: rabbitmq-server"
-    started = time.monotonic()
-    running.start()
-    print(f"\nRabbitMQ {running.node.version} booted as compose boots it in "
-          f"{time.monotonic() - started:.1f} s")  # fmt: skip
-    yield running
-    running.stop()
+    with cb.booted(tmp_path_factory.mktemp("compose-broker")) as running:
+        yield running
 
 
 def test_compose_mounts_what_the_entry_point_and_the_conf_expect(broker: ComposeBroker) -> None:
@@ -118,6 +107,8 @@ def test_the_definitions_are_loaded_at_boot_as_the_catalog_gives_them(
 ) -> None:
     # Against the catalog, not the rendered file: a render that mangles a permission fails here.
     loaded, expected = _definitions(broker), build(contracts, VHOST)
+    said = (broker.node.folder / "node.out").read_text()
+    assert f"Applying definitions from regular file at {cb.HERE}/{cb.RENDERED}" in said
     assert [v["name"] for v in loaded["vhosts"]] == [VHOST]
     for section, fields in {
         "exchanges": ("name", "vhost", "type", "durable", "auto_delete", "arguments"),  # 4.0's
@@ -158,7 +149,7 @@ def test_the_services_write_rows_end_to_end(
         started = time.monotonic()
         running.start("features", **{**env["features"], "FEATURES_COUNT": "25",
                                      "FEATURES_INTERVAL_S": "0.01"})  # fmt: skip
-        wait_until(lambda: len(read_csv(logs / "metric_log.csv")) >= 25, 90, "25 rows")
+        wait_until(lambda: len(read_csv(logs / "metric_log.csv")) >= 25, 60, "25 rows")
         print(f"\n25 rows in {time.monotonic() - started:.1f} s")
         for name in ("features", "metric", "model"):
             assert running.stop(name) == 0, running.output(name)
