@@ -97,7 +97,9 @@ class Node:
 
     def _prepare(self, conf: str, management: bool) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"listeners.tcp.1 = 127.0.0.1:{self.port}"]
+        # `default`, the key stock configurations use (deploy/rabbitmq/rabbitmq.conf too): a conf
+        # that sets it replaces this listener rather than adding one (two on one port: no boot).
+        lines = [f"listeners.tcp.default = 127.0.0.1:{self.port}"]
         if management:
             port = self.management_port
             lines += ["management.tcp.ip = 127.0.0.1", f"management.tcp.port = {port}"]
