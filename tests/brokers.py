@@ -153,6 +153,12 @@ class Node:
             raise RuntimeError(f"{tool} {' '.join(args)}: {err or out}")
         return out
 
+    def cli(self, tool: str = "rabbitmqctl") -> list[str]:
+        """The argv of a CLI tool aimed at the node, its environment included, for callers that
+        take a command (tools/broker.py, `modelwatch bench`): run as root, it needs nothing else."""
+        env = [f"{key}={value}" for key, value in self._env().items()]
+        return ["env", "-i", *env, *self._command(f"{BIN}/{tool}", "-n", self.name)]
+
     def _cli(self, tool: str, *args: str) -> subprocess.Popen:
         # A session of its own: 4.0's CLI scripts run erl as a child (3.10's exec it), and that
         # erl holds the pipes; killing the script alone, communicate() would wait for the erl.

@@ -1,6 +1,8 @@
-"""Shared fixtures: a private vhost on the real RabbitMQ, a trained model, service processes.
+"""Shared fixtures: the brokers under test, a private vhost on one, a trained model, services.
 
-Broker tests never touch the default vhost: each gets its own, created and deleted with
+Every test that talks to a broker does it through the session-scoped `broker` fixture, once per
+entry of MODELWATCH_TEST_BROKERS (tests/broker_choice.py: ids `system`, `debian13`, ...). Broker
+tests never touch the default vhost: each gets its own, created and deleted with the broker's
 `rabbitmqctl`, so a pipeline running on this machine is not disturbed.
 """
 
@@ -15,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,10 +25,13 @@ import pytest
 
 from services.common.contracts import Contracts
 from services.model.artifact import train
+from tests import session_broker
+from tests.broker_choice import SETTING, default, selected
+from tests.session_broker import Broker
 from tools.otlp_sink import Receiver, Span
 
 REPO = Path(__file__).resolve().parents[1]
-AMQP_HOST = os.environ.get("TEST_RABBITMQ_HOST", "localhost")
+BROKERS = selected()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,19 +42,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "root: needs root (starts RabbitMQ nodes as the rabbitmq user, mounts a tmpfs)"
     )
+    if os.geteuid() != 0 and any(c.installation == "debian13" for c in BROKERS):
+        raise pytest.UsageError(f"{SETTING}: debian13 runs a node in a chroot, which needs root")
+
+
+def pytest_report_header() -> list[str]:
+    told = os.environ.get(SETTING)
+    setting = f"{SETTING}={told!r}" if told is not None else f"{SETTING} unset: {default()!r}"
+    return [f"brokers ({setting}):", *(f"  {session_broker.header(c)}" for c in BROKERS)]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for broker in session_broker.USED:
+        terminalreporter.write_line(f"broker under test: {broker.describe()}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:  # whatever uses a broker needs one, marked or not: `-m "not broker"`
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     root = item.get_closest_marker("root")
     if root is not None and os.geteuid() != 0:
         pytest.skip(f"needs root: {root.args[0] if root.args else 'marked root'}")
-
-
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
-    return done.stdout
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str, every: float = 0.1):
@@ -105,18 +121,23 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    name = f"modelwatch-test-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", name)
-    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    yield name
-    rabbitmqctl("delete_vhost", name)
+@pytest.fixture(scope="session", params=BROKERS, ids=[c.name for c in BROKERS])
+def broker(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of MODELWATCH_TEST_BROKERS for the whole session (`debian13`: one node)."""
+    with session_broker.running(request.param, tmp_path_factory.mktemp("broker")) as running:
+        yield running
 
 
 @pytest.fixture
-def amqp_url(vhost: str) -> str:
-    return f"amqp://guest:guest@{AMQP_HOST}:5672/{vhost}"
+def vhost(broker: Broker, request) -> Iterator[str]:
+    request.node.user_properties.append(("rabbitmq", broker.version))  # e.g. in --junitxml
+    with broker.vhost("modelwatch-test") as name:
+        yield name
+
+
+@pytest.fixture
+def amqp_url(broker: Broker, vhost: str) -> str:
+    return broker.url_for(vhost)
 
 
 @pytest.fixture

@@ -1,25 +1,37 @@
-"""`modelwatch bench --quick` as a smoke test of the harness: it runs and reports, nothing timed."""
+"""`modelwatch bench --quick` as a smoke test of the harness: it runs and reports, nothing timed.
+
+Both commands run against the broker under test, told by MODELWATCH_BENCH_URL and _CTL.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.session_broker import Broker
+from tools.broker import CTL_SETTING, URL_SETTING
+
 pytestmark = pytest.mark.broker
 
 
+def _env(broker: Broker, model_path: Path) -> dict[str, str]:
+    told = {URL_SETTING: broker.url, CTL_SETTING: shlex.join(broker.ctl)}
+    return {**os.environ, "MODEL_PATH": str(model_path), **told}
+
+
 def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
-    tmp_path: Path, model_path: Path
+    tmp_path: Path, model_path: Path, broker: Broker
 ) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "bench", "--quick", "--out", str(out)],
-        env={**os.environ, "MODEL_PATH": str(model_path)}, cwd=tmp_path,
+        env=_env(broker, model_path), cwd=tmp_path,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -30,20 +42,23 @@ def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
     paced = report["paced_200_rows_per_s"]
     assert 0 < paced["p50_ms"]["median"] <= paced["p99_ms"]["median"]
     assert set(report["cpu_us_per_row"]) >= {"features", "model", "metric"}
+    if broker.installation is not None:  # a broker on this machine: its VM's CPU is found too
+        assert report["cpu_us_per_row"]["broker"]["median"] > 0
     # Every span is exported, not sampled or dropped: 9 per row (3 in each service).
     assert report["spans_per_row"]["median"] >= 9
     assert "bare reference pipeline" in done.stdout and "p99 latency" in done.stdout
     assert set(report["otlp_encode_us_per_span"]) == {"sdk", "modelwatch"}
     assert "OTLP encoding per span" in done.stdout
     assert report["machine"]["cores"] == str(os.cpu_count())
+    assert report["machine"]["rabbitmq"] == broker.version  # it measured the broker under test
 
 
 def test_a_short_soak_keeps_the_accounting_while_connections_are_closed(
-    tmp_path: Path, model_path: Path
+    tmp_path: Path, model_path: Path, broker: Broker
 ) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "soak", "--rows", "1500", "--close-every", "0.5"],
-        env={**os.environ, "MODEL_PATH": str(model_path)}, cwd=tmp_path,
+        env=_env(broker, model_path), cwd=tmp_path,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

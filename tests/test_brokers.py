@@ -17,9 +17,10 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.broker_choice import selected
+from tests.broker_choice import default, selected
 from tests.brokers import CACHE_ROOT, Node
 from tests.conftest import REPO, wait_until
+from tools.broker import CTL_SETTING, URL_SETTING, Target
 
 ROOT = pytest.mark.root("starts RabbitMQ nodes as the rabbitmq user, in a chroot for 4.x")
 
@@ -133,6 +134,28 @@ def test_the_management_api_of_a_debian13_node(debian13_root, tmp_path, timed):
           f"Erlang {overview['erlang_version']}, node {overview['node']}")  # fmt: skip
     assert overview["rabbitmq_version"].startswith("4.")
     assert overview["node"] == node.name
+
+
+def test_the_brokers_setting_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "modelwatch.stamp").write_text("package rabbitmq-server 4.0.5\n")
+    assert default(0, built) == "system,debian13"
+    assert default(1000, built) == "system"  # a chroot needs root
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither debootstrap nor apt-get to build one
+    assert default(0, tmp_path / "never-built") == "system"
+    assert default(0, built) == "system,debian13"
+
+
+def test_a_targets_url_for_a_vhost() -> None:
+    target = Target("amqp://guest:guest@127.0.0.1:5673/%2F", ("rabbitmqctl",))
+    assert (target.host, target.port, target.user) == ("127.0.0.1", 5673, "guest")
+    assert target.url_for("mw-1") == "amqp://guest:guest@127.0.0.1:5673/mw-1"
+    assert target.url_for("a/b", "t1-model", "p w") == "amqp://t1-model:p%20w@127.0.0.1:5673/a%2Fb"
+    assert target.url_for("v", password="wrong") == "amqp://guest:wrong@127.0.0.1:5673/v"
+    assert Target.from_env({}).url == "amqp://guest:guest@localhost:5672/"
+    told = Target.from_env({URL_SETTING: "amqp://u:p@h:1/", CTL_SETTING: "docker exec -i r ctl"})
+    assert told == Target("amqp://u:p@h:1/", ("docker", "exec", "-i", "r", "ctl"))
 
 
 def test_the_brokers_setting() -> None:

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,8 @@ import pytest
 from services.common.contracts import Contracts
 from services.common.definitions import build, password_variable
 from tests.compose import load, read_env_file
-from tests.conftest import REPO, Services, rabbitmqctl, read_csv, wait_until
+from tests.conftest import REPO, Services, read_csv, wait_until
+from tests.session_broker import Broker
 from tools.otlp_sink import Receiver
 
 BIN = Path(sys.executable).parent
@@ -144,9 +144,10 @@ def test_broker_entrypoint_refuses_a_missing_or_unsafe_password(tmp_path: Path, 
 
 
 class Deployment:
-    """The committed definitions, rendered and imported into the local broker under test names."""
+    """The committed definitions, rendered and imported into the broker under test, test names."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, broker: Broker, tmp_path: Path) -> None:
+        self.broker = broker
         self.tag = uuid.uuid4().hex[:6]
         self.vhost = f"modelwatch-test-{self.tag}"
         self.passwords = {u: f"pw-{u}-{self.tag}" for u in (*BROKER_SERVICES, "admin")}
@@ -163,37 +164,31 @@ class Deployment:
                     entry["user"] = self.user(entry["user"])
         for user in definitions["users"]:
             user["name"] = self.user(user["name"])
-        # rabbitmqctl runs as the rabbitmq user, who cannot read pytest's tmp_path (and 3.10's
-        # import from stdin is broken), so the file goes to a folder that user can read.
-        with tempfile.TemporaryDirectory() as shared:
-            os.chmod(shared, 0o755)
-            path = Path(shared) / "definitions.json"
-            path.write_text(json.dumps(definitions))
-            path.chmod(0o644)
-            rabbitmqctl("import_definitions", str(path))
+        broker.import_definitions(definitions)
         wait_until(lambda: self._ready(), 30, "the definitions import")
 
     def user(self, name: str) -> str:
         return f"t{self.tag}-{name}"
 
     def url(self, user: str) -> str:
-        return f"amqp://{self.user(user)}:{self.passwords[user]}@localhost:5672/{self.vhost}"
+        return self.broker.url_for(self.vhost, self.user(user), self.passwords[user])
 
     def _ready(self) -> bool:
         try:
-            return "model.features.dlq" in rabbitmqctl("list_queues", "-p", self.vhost, "name")
+            listing = self.broker.rabbitmqctl("list_queues", "-p", self.vhost, "name")
         except RuntimeError:
             return False
+        return "model.features.dlq" in listing
 
     def remove(self) -> None:
-        rabbitmqctl("delete_vhost", self.vhost)
+        self.broker.rabbitmqctl("delete_vhost", self.vhost)
         for user in self.passwords:
-            rabbitmqctl("delete_user", self.user(user))
+            self.broker.rabbitmqctl("delete_user", self.user(user))
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    deployed = Deployment(tmp_path)
+def deployment(broker: Broker, tmp_path: Path) -> Iterator[Deployment]:
+    deployed = Deployment(broker, tmp_path)
     yield deployed
     deployed.remove()
 
@@ -250,9 +245,9 @@ def test_each_service_user_may_do_its_job_and_nothing_else(deployment: Deploymen
     for user in BROKER_SERVICES:
         assert _refused(d.url(user), lambda ch: ch.queue_declare("sneaky", durable=True))
         assert _refused(d.url(user), lambda ch: ch.queue_delete("model.features"))
-    # guest has no permissions in the deployment's vhost.
+    # The tests' own user (guest) has no permissions in the deployment's vhost.
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
-        pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@localhost/{d.vhost}"))
+        pika.BlockingConnection(pika.URLParameters(d.broker.url_for(d.vhost)))
 
 
 def _as_deployed(compose: dict, name: str, d: Deployment, receiver: Receiver, logs: Path) -> dict:

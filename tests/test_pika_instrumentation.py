@@ -24,7 +24,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from services.common.contracts import Contracts
 from services.common.messages import utc_now
-from tests.conftest import AMQP_HOST, Amqp, Services, one, read_csv, traced, wait_until
+from tests.conftest import Amqp, Services, one, read_csv, traced, wait_until
+from tests.session_broker import Broker
 from tools.otlp_sink import Receiver, Span
 
 pytestmark = pytest.mark.broker
@@ -82,6 +83,7 @@ def test_a_pika_instrumented_producer_and_our_services_make_one_trace_per_row(
     upstream: TracerProvider,
     amqp: Amqp,
     contracts: Contracts,
+    broker: Broker,
 ) -> None:
     n = 5
     csv_path = Path(service_env["METRIC_LOG_PATH"])
@@ -113,6 +115,6 @@ def test_a_pika_instrumented_producer_and_our_services_make_one_trace_per_row(
                 "messaging.destination": exchange,
                 "messaging.temp_destination": True,
                 "messaging.message.id": id_,
-                "net.peer.name": AMQP_HOST,
-                "net.peer.port": 5672,
+                "net.peer.name": broker.host,
+                "net.peer.port": broker.port,
             }

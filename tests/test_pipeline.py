@@ -23,15 +23,8 @@ from services.common.broker import DeadLetters
 from services.common.contracts import Contracts
 from services.common.messages import Outgoing
 from services.model.artifact import load
-from tests.conftest import (
-    REPO,
-    Amqp,
-    Services,
-    model_broker_in_thread,
-    rabbitmqctl,
-    read_csv,
-    wait_until,
-)
+from tests.conftest import REPO, Amqp, Services, model_broker_in_thread, read_csv, wait_until
+from tests.session_broker import Broker
 
 pytestmark = pytest.mark.broker
 
@@ -182,7 +175,7 @@ def test_metric_restart_loses_and_duplicates_nothing(
 
 
 def test_connection_loss_mid_stream_loses_and_duplicates_nothing(
-    services: Services, service_env: dict, vhost: str
+    services: Services, service_env: dict, broker: Broker, vhost: str
 ) -> None:
     n = 3000
     csv_path = Path(service_env["METRIC_LOG_PATH"])
@@ -192,7 +185,7 @@ def test_connection_loss_mid_stream_loses_and_duplicates_nothing(
     # unpaced, 3,000 rows were all recorded before rabbitmqctl got round to closing anything.
     services.start("features", FEATURES_COUNT=str(n), FEATURES_INTERVAL_S="0.002")
     wait_until(lambda: len(read_csv(csv_path)) > 200, 60, "the first rows")
-    rabbitmqctl("close_all_connections", "--vhost", vhost, "test: connection loss")
+    broker.rabbitmqctl("close_all_connections", "--vhost", vhost, "test: connection loss")
     assert len(read_csv(csv_path)) < n, "the run ended before the fault; make it longer"
     rows = wait_rows(csv_path, n, timeout=120)
     assert len(rows) == n
@@ -250,8 +243,10 @@ def test_sigterm_exits_zero(services: Services, service: str) -> None:
     assert services.stop(service) == 0, services.output(service)
 
 
-def test_wrong_password_fails_at_start_naming_the_setting(service_env: dict, vhost: str) -> None:
-    env = {**service_env, "RABBITMQ_URL": f"amqp://guest:wrong@localhost:5672/{vhost}"}
+def test_wrong_password_fails_at_start_naming_the_setting(
+    service_env: dict, broker: Broker, vhost: str
+) -> None:
+    env = {**service_env, "RABBITMQ_URL": broker.url_for(vhost, password="wrong")}
     done = subprocess.run(
         [sys.executable, "-m", "services.model"],
         cwd=REPO,
@@ -264,8 +259,8 @@ def test_wrong_password_fails_at_start_naming_the_setting(service_env: dict, vho
     assert "RABBITMQ_URL" in done.stderr and "password" in done.stderr
 
 
-def _amqp_client_ports(pid: int) -> set[int]:
-    """The local ports of the process's TCP connections to port 5672 (/proc, no tools needed)."""
+def _amqp_client_ports(pid: int, port: int) -> set[int]:
+    """The local ports of the process's TCP connections to `port` (/proc, no tools needed)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):  # closed meanwhile
@@ -276,21 +271,21 @@ def _amqp_client_ports(pid: int) -> set[int]:
     for table in ("tcp", "tcp6"):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == 5672:
+            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == port:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 
 
 def test_services_under_test_connect_to_the_tests_vhost_never_the_default(
-    services: Services, vhost: str
+    services: Services, broker: Broker, vhost: str
 ) -> None:
     # The broker's own view: each service's connection, found by its client port, and its vhost.
     for name in ("features", "model", "metric"):
         services.start(name, FEATURES_INTERVAL_S="0.05")
         wait_until(lambda n=name: "connected" in services.output(n), 30, f"{name} to connect")
     ours = {port: name for name, proc in services.procs.items()
-            for port in _amqp_client_ports(proc.pid)}  # fmt: skip
-    listing = rabbitmqctl("list_connections", "peer_port", "vhost", "--no-table-headers")
+            for port in _amqp_client_ports(proc.pid, broker.port)}  # fmt: skip
+    listing = broker.rabbitmqctl("list_connections", "peer_port", "vhost", "--no-table-headers")
     seen = {}
     for line in listing.splitlines():
         port, _, where = line.partition("\t")
@@ -393,9 +388,10 @@ def test_duplicates_give_one_row_and_a_conflicting_one_is_quarantined(
     assert "duplicate y_pred" in services.output("metric")
 
 
-def _serving(url: str, contracts: Contracts, handler):
-    listing = ("list_queues", "-p", url.rsplit("/", 1)[1], "name", "consumers")
-    return model_broker_in_thread(url, contracts, handler, 500, lambda: rabbitmqctl(*listing))
+def _serving(broker: Broker, vhost: str, contracts: Contracts, handler):
+    listing = ("list_queues", "-p", vhost, "name", "consumers")
+    return model_broker_in_thread(broker.url_for(vhost), contracts, handler, 500,
+                                  lambda: broker.rabbitmqctl(*listing))  # fmt: skip
 
 
 def _publish_rows(amqp: Amqp, contracts: Contracts, ids: list[str]) -> list[str]:
@@ -407,7 +403,7 @@ def _publish_rows(amqp: Amqp, contracts: Contracts, ids: list[str]) -> list[str]
 
 
 def test_acks_sent_together_settle_every_delivery_once_around_nacks(
-    amqp_url: str, amqp: Amqp, contracts: Contracts, caplog: pytest.LogCaptureFixture
+    broker: Broker, vhost: str, amqp: Amqp, contracts: Contracts, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The broker module acks many deliveries with one `multiple` ack, up to the newest whose
     # older deliveries are all settled. Nacks in between (a handler failing once) must neither
@@ -424,7 +420,7 @@ def test_acks_sent_together_settle_every_delivery_once_around_nacks(
         return []
 
     caplog.set_level(logging.WARNING, logger="modelwatch.broker")
-    with _serving(amqp_url, contracts, flaky):
+    with _serving(broker, vhost, contracts, flaky):
         ids = _publish_rows(amqp, contracts, [str(uuid.uuid4()) for _ in range(600)])
         wait_until(lambda: len(handled) >= len(ids), 60, "every message handled")
         time.sleep(1)  # anything acked wrongly would be redelivered by now
@@ -435,7 +431,7 @@ def test_acks_sent_together_settle_every_delivery_once_around_nacks(
 
 
 def test_a_later_inputs_ack_never_covers_one_whose_output_failed(
-    amqp_url: str, amqp: Amqp, contracts: Contracts
+    broker: Broker, vhost: str, amqp: Amqp, contracts: Contracts
 ) -> None:
     # Half the inputs produce a y_pred that cannot be routed (its queue is unbound), so each is
     # nacked and redelivered until the delivery limit dead-letters it; the other half produce
@@ -451,7 +447,7 @@ def test_a_later_inputs_ack_never_covers_one_whose_output_failed(
             return [Outgoing("y_pred", {**prediction, "id": message.id})]
         return []
 
-    with _serving(amqp_url, contracts, half_with_output):
+    with _serving(broker, vhost, contracts, half_with_output):
         amqp.channel.queue_unbind("metric.y_pred", "y_pred")
         ids = [str(uuid.uuid4()) for _ in range(400)]
         with_output.update(ids[1::2])
@@ -464,7 +460,7 @@ def test_a_later_inputs_ack_never_covers_one_whose_output_failed(
 
 
 def test_a_broker_that_keeps_refusing_the_consumer_is_not_hammered(
-    services: Services, amqp: Amqp, contracts: Contracts, vhost: str
+    services: Services, amqp: Amqp, contracts: Contracts, broker: Broker, vhost: str
 ) -> None:
     # The model's user may not read model.features for a while, so the broker refuses its
     # basic.consume and closes the channel right after every connect. Reconnecting at once each
@@ -474,7 +470,8 @@ def test_a_broker_that_keeps_refusing_the_consumer_is_not_hammered(
     services.start("model")  # declares the topology, so the next one only has to verify it
     wait_until(lambda: "connected" in services.output("model"), 30, "the topology")
     assert services.stop("model") == 0
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", r"^(?!model\.features$).*")
+    broker.rabbitmqctl("set_permissions", "-p", vhost, broker.user, ".*", ".*",
+                       r"^(?!model\.features$).*")  # fmt: skip
     before = services.output("model").count("connected to")
     services.start("model", RABBITMQ_TOPOLOGY="verify")
     time.sleep(4)
@@ -482,7 +479,7 @@ def test_a_broker_that_keeps_refusing_the_consumer_is_not_hammered(
     refused = out.count("connected to") - before
     assert 2 <= refused <= 8, out  # 0.2 + 0.4 + 0.8 + 1.6 s of pauses fit in 4 s, not more
     assert "ACCESS_REFUSED" in out and "reconnecting in" in out
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    broker.rabbitmqctl("set_permissions", "-p", vhost, broker.user, ".*", ".*", ".*")
     _publish_rows(amqp, contracts, [str(uuid.uuid4())])
     wait_until(lambda: amqp.count(spy) == 1, 30, "a prediction once the queue may be read")
 

@@ -1,7 +1,9 @@
 """The benchmark harness: real service processes, the real broker, a real OTLP receiver.
 
 Each run gets a vhost of its own (created and deleted with rabbitmqctl) and a fresh folder, so runs
-do not see each other's messages and a pipeline on this machine is not disturbed. Figures:
+do not see each other's messages and a pipeline on this machine is not disturbed. The broker is
+the local one unless MODELWATCH_BENCH_URL and MODELWATCH_BENCH_CTL name another (tools/broker.py).
+Figures:
 
 - rows/s at full speed, from the first emit to the last row recorded (read from the CSV), with
   every guarantee on and every span exported; again with 1% trace sampling; and for the bare
@@ -14,6 +16,7 @@ Each figure is the median of the runs, with min and max.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -24,23 +27,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from tools.bench import encoding
+from tools.broker import Target
 from tools.otlp_sink import Receiver
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,18 +49,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def broker_pid() -> int | None:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"beam.smp" in cmdline and b"rabbit" in cmdline:
-                return int(proc.name)
-    return None
 
 
 @dataclass
@@ -98,14 +82,17 @@ class Result:
 
 
 def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str],
-             sink: Receiver) -> Result:  # fmt: skip
-    vhost = f"modelwatch-bench-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+             sink: Receiver, target: Target) -> Result:  # fmt: skip
+    with target.vhost("modelwatch-bench") as vhost:
+        return _run(pipeline, rows, interval_s, env, sink, target, vhost)
+
+
+def _run(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str], sink: Receiver,
+         target: Target, vhost: str) -> Result:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="modelwatch-bench-"))
     env = {
         **os.environ, **env,
-        "RABBITMQ_URL": f"amqp://guest:guest@localhost:5672/{vhost}",
+        "RABBITMQ_URL": target.url_for(vhost),
         "METRIC_LOG_PATH": str(work / "metric_log.csv"),
         "METRIC_ORPHAN_LOG_PATH": str(work / "orphans.csv"),
         "METRIC_STATE_PATH": str(work / "metric_state.sqlite3"),
@@ -118,9 +105,9 @@ def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, st
     try:
         for name in ("metric", "model"):
             procs[name] = _start(pipeline, name, env, work)
-        _wait_for_consumers(vhost, pipeline.consumer_queues, procs, work)
+        _wait_for_consumers(target, vhost, pipeline.consumer_queues, procs, work)
         spans_before = sink.count
-        broker = broker_pid()
+        broker = target.pid()
         cpu_start = _cpu(procs, broker)
         rss_start = rss_mib(procs["metric"].pid)
         procs["features"] = _start(pipeline, "features", env, work)
@@ -147,7 +134,6 @@ def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, st
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        rabbitmqctl("delete_vhost", vhost)
     time.sleep(0.5)  # let the last spans arrive
     span = emitted[1] - emitted[0]
     quantiles = statistics.quantiles(latencies, n=100)
@@ -170,10 +156,11 @@ def _start(pipeline: Pipeline, service: str, env: dict, work: Path) -> subproces
     return subprocess.Popen(pipeline.command(service), env=env, stdout=log, stderr=log)
 
 
-def _wait_for_consumers(vhost: str, queues: tuple[str, ...], procs: dict, work: Path) -> None:
+def _wait_for_consumers(target: Target, vhost: str, queues: tuple[str, ...], procs: dict,
+                        work: Path) -> None:  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        listing = rabbitmqctl("list_queues", "-p", vhost, "name", "consumers")
+        listing = target.rabbitmqctl("list_queues", "-p", vhost, "name", "consumers")
         ready = {line.split("\t")[0] for line in listing.splitlines()
                  if line.count("\t") == 1 and line.split("\t")[1] != "0"}  # fmt: skip
         if set(queues) <= ready:
@@ -252,14 +239,10 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def machine() -> dict[str, str]:
+def machine(target: Target) -> dict[str, str]:
     version = ""
-    try:
-        status = rabbitmqctl("status")
-        version = next((ln.split(":", 1)[1].strip() for ln in status.splitlines()
-                        if ln.startswith("RabbitMQ version")), "")  # fmt: skip
-    except RuntimeError:
-        pass
+    with contextlib.suppress(RuntimeError):
+        version = target.version()
     return {
         "cores": str(os.cpu_count()),
         "cpu": platform.processor() or platform.machine(),
@@ -282,18 +265,19 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
     sampled = {**traced, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                "OTEL_TRACES_SAMPLER_ARG": "0.01"}  # fmt: skip
     figures: dict[str, list[Result]] = {k: [] for k in ("full", "sampled", "reference", "paced")}
+    target = Target.from_env()
     try:
         for i in range(runs):
             print(f"run {i + 1}/{runs}", file=sys.stderr, flush=True)
-            figures["reference"].append(run_once(REFERENCE, rows, 0, traced, sink))
-            figures["full"].append(run_once(MODELWATCH, rows, 0, traced, sink))
-            figures["sampled"].append(run_once(MODELWATCH, rows, 0, sampled, sink))
-            figures["paced"].append(run_once(MODELWATCH, latency_rows, 0.005, traced, sink))
+            figures["reference"].append(run_once(REFERENCE, rows, 0, traced, sink, target))
+            figures["full"].append(run_once(MODELWATCH, rows, 0, traced, sink, target))
+            figures["sampled"].append(run_once(MODELWATCH, rows, 0, sampled, sink, target))
+            figures["paced"].append(run_once(MODELWATCH, latency_rows, 0.005, traced, sink, target))
     finally:
         sink.close()
     full, ref = figures["full"], figures["reference"]
     report = {
-        "machine": machine(),
+        "machine": machine(target),
         "rows_per_run": rows,
         "runs": runs,
         "rows_per_s": summarize([r.rows_per_s for r in full]),

@@ -2,7 +2,9 @@
 
 The accounting must hold at the end — every features message the broker confirmed (kept by a
 durable spy queue) is exactly one CSV row, no row for an id never emitted, nothing dead-lettered
-or orphaned — and the metric service's memory must stay flat (sampled every interval).
+or orphaned — and the metric service's memory must stay flat (sampled every interval). The
+broker is the local one unless MODELWATCH_BENCH_URL and MODELWATCH_BENCH_CTL name another
+(tools/broker.py).
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from tools.bench.run import rabbitmqctl, rss_mib
+from tools.bench.run import rss_mib
 from tools.bench.spy import Spy
+from tools.broker import Target
 
 
 def soak(rows: int, close_every_s: float, model_path: Path) -> dict:
-    vhost = f"modelwatch-soak-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    target = Target.from_env()
+    with target.vhost("modelwatch-soak") as vhost:
+        return _soak(target, vhost, rows, close_every_s, model_path)
+
+
+def _soak(target: Target, vhost: str, rows: int, close_every_s: float, model_path: Path) -> dict:
     work = Path(tempfile.mkdtemp(prefix="modelwatch-soak-"))
-    url = f"amqp://guest:guest@localhost:5672/{vhost}"
+    url = target.url_for(vhost)
     env = {**os.environ, "RABBITMQ_URL": url, "MODEL_PATH": str(model_path),
            "METRIC_LOG_PATH": str(work / "metric_log.csv"),
            "METRIC_ORPHAN_LOG_PATH": str(work / "orphans.csv"),
@@ -42,20 +47,19 @@ def soak(rows: int, close_every_s: float, model_path: Path) -> dict:
         while procs["features"].poll() is None or _rows(work) < rows:
             time.sleep(close_every_s)
             memory.append(round(rss_mib(procs["metric"].pid), 1))
-            closes += _close_connections(vhost)
+            closes += _close_connections(target, vhost)
             if time.monotonic() - started > 600 + rows / 50:
                 raise RuntimeError(f"soak did not finish; logs in {work}")
             if procs["features"].poll() not in (None, 0):
                 raise RuntimeError(f"features failed; logs in {work}")
         confirmed = spy.drain()
         recorded = _ids(work / "metric_log.csv")
-        depths = _depths(vhost)
+        depths = _depths(target, vhost)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
-        rabbitmqctl("delete_vhost", vhost)
     return {
         "rows": rows,
         "seconds": round(time.monotonic() - started, 1),
@@ -78,13 +82,13 @@ def _start(service: str, env: dict, work: Path) -> subprocess.Popen:
                             stdout=log, stderr=log)  # fmt: skip
 
 
-def _close_connections(vhost: str) -> int:
+def _close_connections(target: Target, vhost: str) -> int:
     closed = 0
-    for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
+    for line in target.rabbitmqctl("list_connections", "pid", "vhost").splitlines():
         pid, _, where = line.partition("\t")
         if where == vhost:
             try:
-                rabbitmqctl("close_connection", pid, "soak: connection closed on purpose")
+                target.rabbitmqctl("close_connection", pid, "soak: connection closed on purpose")
                 closed += 1
             except RuntimeError:
                 pass  # it was already gone
@@ -108,9 +112,9 @@ def _ids(path: Path) -> list[str]:
         return [row["message_id"] for row in csv.DictReader(handle)]
 
 
-def _depths(vhost: str) -> dict[str, int]:
+def _depths(target: Target, vhost: str) -> dict[str, int]:
     found = {}
-    for line in rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
+    for line in target.rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
         name, _, count = line.partition("\t")
         if count.isdigit():
             found[name] = int(count)
