@@ -148,15 +148,20 @@ class DeadLetters:
             self._connection.close()
 
     def _browse(self, queue: str) -> tuple[list[DeadLetter], list[int]]:
+        """Take every dead letter of `queue`, unacked, until the queue says it is empty.
+
+        Each stays unacked (held by this channel) until the caller settles it, so no get returns
+        one twice; the end is the broker's get-empty, not the queue's message count, which a
+        quorum queue on RabbitMQ 4 reports late (0 right after messages were returned to it).
+        """
+        self._channel.queue_declare(f"{queue}.dlq", passive=True)  # a missing .dlq: say so
         letters, tags = [], []
-        total = self._channel.queue_declare(f"{queue}.dlq", passive=True).method.message_count
-        for _ in range(total):
+        while True:
             method, props, body = self._channel.basic_get(f"{queue}.dlq", auto_ack=False)
             if method is None:
-                break
+                return letters, tags
             tags.append(method.delivery_tag)
             letters.append(_dead_letter(props, body))
-        return letters, tags
 
 
 def _dead_letter(props: Any, body: bytes) -> DeadLetter:
