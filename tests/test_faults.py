@@ -18,7 +18,6 @@ import functools
 import json
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -375,19 +374,6 @@ def test_an_output_over_the_limit_dead_letters_its_input(node, services) -> None
 def _unacked(broker: Broker, vhost: str, queue: str) -> int:
     listing = broker.rabbitmqctl("list_queues", "-p", vhost, "name", "messages_unacknowledged")
     return int(dict(line.split("\t") for line in listing.splitlines() if "\t" in line)[queue])
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs: a filesystem the test can fill up and free again."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.root("mounts a tmpfs")

@@ -49,6 +49,16 @@ def rows_by_id(path: Path) -> dict[str, dict[str, str]]:
     return by_id
 
 
+def catalog_accepting_v1_only(folder: Path) -> Path:
+    """A copy of contracts/ whose model accepts only features v1: v2 rows are dead-lettered."""
+    old = folder / "contracts"
+    shutil.copytree(REPO / "contracts", old)
+    catalog = json.loads((old / "catalog.json").read_text())
+    catalog["types"]["features"]["consumers"][0]["accepts"] = [1]
+    (old / "catalog.json").write_text(json.dumps(catalog))
+    return old
+
+
 def wait_rows(path: Path, count: int, timeout: float = 60) -> dict[str, dict[str, str]]:
     wait_until(lambda: len(read_csv(path)) >= count, timeout, f"{count} rows in {path.name}")
     return rows_by_id(path)
@@ -325,13 +335,8 @@ def test_dead_letters_are_listed_with_reasons_and_replayed_once_the_cause_is_fix
     services: Services, service_env: dict, amqp: Amqp, contracts: Contracts, tmp_path: Path
 ) -> None:
     # The cause: a model still on a catalog that accepts only features v1 ...
-    old = tmp_path / "contracts"
-    shutil.copytree(REPO / "contracts", old)
-    catalog = json.loads((old / "catalog.json").read_text())
-    catalog["types"]["features"]["consumers"][0]["accepts"] = [1]
-    (old / "catalog.json").write_text(json.dumps(catalog))
     services.start("metric")
-    services.start("model", CONTRACTS_DIR=str(old))
+    services.start("model", CONTRACTS_DIR=str(catalog_accepting_v1_only(tmp_path)))
     wait_until(lambda: "connected" in services.output("model"), 30, "model to connect")
     # ... gets v2 rows, which it dead-letters.
     services.start("features", FEATURES_COUNT="5", FEATURES_SCHEMA_VERSION="2")
@@ -509,13 +514,8 @@ def test_listing_dead_letters_thirty_times_keeps_every_one_and_replay_still_work
     # quorum queue without a delivery limit to 20, and a dead-letter queue has nowhere to send what
     # goes over it, so on 4.x the 21st look deleted the dead letters. On every broker they must
     # stay however often they are listed, and still replay.
-    old = tmp_path / "contracts"
-    shutil.copytree(REPO / "contracts", old)
-    catalog = json.loads((old / "catalog.json").read_text())
-    catalog["types"]["features"]["consumers"][0]["accepts"] = [1]
-    (old / "catalog.json").write_text(json.dumps(catalog))
     services.start("metric")
-    services.start("model", CONTRACTS_DIR=str(old))
+    services.start("model", CONTRACTS_DIR=str(catalog_accepting_v1_only(tmp_path)))
     wait_until(lambda: "connected" in services.output("model"), 30, "model to connect")
     services.start("features", FEATURES_COUNT="3", FEATURES_SCHEMA_VERSION="2")
     wait_until(lambda: amqp.count("model.features.dlq") == 3, 30, "3 dead letters")
