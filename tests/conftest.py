@@ -42,6 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "root: needs root (starts RabbitMQ nodes as the rabbitmq user, mounts a tmpfs)"
     )
+    config.addinivalue_line("markers", "disk_size(size): the size of the small_disk tmpfs")
     if os.geteuid() != 0 and any(c.installation == "debian13" for c in BROKERS):
         raise pytest.UsageError(f"{SETTING}: debian13 runs a node in a chroot, which needs root")
 
@@ -286,11 +287,13 @@ def amqp(amqp_url: str) -> Iterator[Amqp]:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs: a filesystem the test can fill up and free again."""
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A tmpfs (512 KiB, or the test's `disk_size` mark): a filesystem to fill up and free."""
+    marked = request.node.get_closest_marker("disk_size")
+    size = marked.args[0] if marked else "512k"
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                           capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")

@@ -419,3 +419,35 @@ def test_a_full_csv_filesystem_holds_acks_and_resumes_without_a_torn_line(
     assert all(r["trace_id"] is not None and len(r) == 9 for r in rows)  # no torn line
     assert csv_path.read_bytes().endswith(b"\n")
     assert services.stop("features") == 0
+
+
+@pytest.mark.root("mounts a tmpfs")
+@pytest.mark.disk_size("16m")
+def test_a_full_state_database_filesystem_holds_acks_and_loses_nothing(
+    services: Services, service_env: dict, small_disk: Path, broker: Broker, vhost: str
+) -> None:
+    # The metric's SQLite database on a filesystem that fills mid-run: SQLite refuses the commit
+    # and rolls the transaction back. The service must keep going, hold the inputs, and once space
+    # returns record every row exactly once (before, the error stopped the service).
+    csv_path = Path(service_env["METRIC_LOG_PATH"])
+    services.start("metric", METRIC_STATE_PATH=str(small_disk / "metric_state.sqlite3"))
+    services.start("model")
+    services.start("features", FEATURES_INTERVAL_S="0.005", FEATURES_COUNT="1500")
+    wait_until(lambda: len(read_csv(csv_path)) > 100, 60, "the first rows")
+    filler = small_disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
+        while True:  # take every free byte
+            handle.write(b"\0" * 4096)
+    wait_until(lambda: "database or disk is full" in services.output("metric"), 60,
+               "the database's disk-full error")  # fmt: skip
+    assert "could not make" in services.output("metric")  # retried, not fatal
+    held = _unacked(broker, vhost, "metric.y_true") + _unacked(broker, vhost, "metric.y_pred")
+    assert held > 0  # nothing acked while nothing could be committed
+    assert services.procs["metric"].poll() is None
+    filler.unlink()  # space returns
+    wait_until(lambda: len(read_csv(csv_path)) >= 1500, 120, "all 1,500 rows")
+    rows = read_csv(csv_path)
+    assert len({r["message_id"] for r in rows}) == len(rows) == 1500
+    assert read_csv(Path(service_env["METRIC_ORPHAN_LOG_PATH"])) == []
+    assert services.stop("features") == 0
+    assert services.stop("metric") == 0
