@@ -141,5 +141,9 @@ class Broker:
             check = topology.verify if self._verify_only else topology.declare
             await check(self._link.call, chan, self._topology, self._link.broker_version)
         except ChannelClosedByBroker as exc:
+            if exc.reply_code == 404 and not self._verify_only:
+                # A queue deleted while we declared it (the bind came after the deletion): the
+                # next attempt declares it again. Only a conflict or a refusal is final.
+                raise
             how = "RABBITMQ_TOPOLOGY=verify: " if self._verify_only else "declaring the topology: "
             raise BrokerError(f"{how}{exc.reply_text}") from None
