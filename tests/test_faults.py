@@ -441,6 +441,7 @@ def test_a_full_state_database_filesystem_holds_acks_and_loses_nothing(
     wait_until(lambda: "database or disk is full" in services.output("metric"), 60,
                "the database's disk-full error")  # fmt: skip
     assert "could not make" in services.output("metric")  # retried, not fatal
+
     # Nothing acked while nothing could be committed (4.x counts unacked messages on a tick).
     def held() -> int:
         return _unacked(broker, vhost, "metric.y_true") + _unacked(broker, vhost, "metric.y_pred")
