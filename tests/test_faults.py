@@ -385,19 +385,26 @@ def _unacked(broker: Broker, vhost: str, queue: str) -> int:
     return int(dict(line.split("\t") for line in listing.splitlines() if "\t" in line)[queue])
 
 
+def _fill_mid_run(services: Services, csv_path: Path, disk: Path) -> Path:
+    """Start model and features (1,500 rows), and once rows flow take every free byte of `disk`;
+    the metric is already running. Returns the filler, whose removal frees the space."""
+    services.start("model")
+    services.start("features", FEATURES_INTERVAL_S="0.005", FEATURES_COUNT="1500")
+    wait_until(lambda: len(read_csv(csv_path)) > 100, 60, "the first rows")
+    filler = disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
+        while True:  # take every free byte
+            handle.write(b"\0" * 4096)
+    return filler
+
+
 @pytest.mark.root("mounts a tmpfs")
 def test_a_full_csv_filesystem_holds_acks_and_resumes_without_a_torn_line(
     services: Services, service_env: dict, small_disk: Path, broker: Broker, vhost: str
 ) -> None:
     csv_path = small_disk / "metric_log.csv"
     services.start("metric", METRIC_LOG_PATH=str(csv_path))
-    services.start("model")
-    services.start("features", FEATURES_INTERVAL_S="0.005", FEATURES_COUNT="1500")
-    wait_until(lambda: len(read_csv(csv_path)) > 100, 60, "the first rows")
-    filler = small_disk / "filler"
-    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
-        while True:  # take every free byte
-            handle.write(b"\0" * 4096)
+    filler = _fill_mid_run(services, csv_path, small_disk)
     assert shutil.disk_usage(small_disk).free < 4096  # the filler took it all
     wait_until(lambda: "could not make" in services.output("metric"), 60, "the disk-full error")
     assert "No space left on device" in services.output("metric")
@@ -431,13 +438,7 @@ def test_a_full_state_database_filesystem_holds_acks_and_loses_nothing(
     # returns record every row exactly once (before, the error stopped the service).
     csv_path = Path(service_env["METRIC_LOG_PATH"])
     services.start("metric", METRIC_STATE_PATH=str(small_disk / "metric_state.sqlite3"))
-    services.start("model")
-    services.start("features", FEATURES_INTERVAL_S="0.005", FEATURES_COUNT="1500")
-    wait_until(lambda: len(read_csv(csv_path)) > 100, 60, "the first rows")
-    filler = small_disk / "filler"
-    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
-        while True:  # take every free byte
-            handle.write(b"\0" * 4096)
+    filler = _fill_mid_run(services, csv_path, small_disk)
     wait_until(lambda: "database or disk is full" in services.output("metric"), 60,
                "the database's disk-full error")  # fmt: skip
     assert "could not make" in services.output("metric")  # retried, not fatal
