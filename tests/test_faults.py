@@ -385,6 +385,11 @@ def _unacked(broker: Broker, vhost: str, queue: str) -> int:
     return int(dict(line.split("\t") for line in listing.splitlines() if "\t" in line)[queue])
 
 
+def _held(broker: Broker, vhost: str) -> int:
+    """Deliveries the metric holds unacked on its two queues."""
+    return _unacked(broker, vhost, "metric.y_true") + _unacked(broker, vhost, "metric.y_pred")
+
+
 def _fill_mid_run(services: Services, csv_path: Path, disk: Path) -> Path:
     """Start model and features (1,500 rows), and once rows flow take every free byte of `disk`;
     the metric is already running. Returns the filler, whose removal frees the space."""
@@ -411,8 +416,8 @@ def test_a_full_csv_filesystem_holds_acks_and_resumes_without_a_torn_line(
     stalled = len(read_csv(csv_path))
     time.sleep(2)
     assert len(read_csv(csv_path)) == stalled  # nothing written, nothing acked meanwhile
-    held = _unacked(broker, vhost, "metric.y_true") + _unacked(broker, vhost, "metric.y_pred")
-    assert held > 0  # nothing acked while nothing could be written
+    # Nothing acked while nothing could be written (4.x counts unacked messages on a tick).
+    wait_until(lambda: _held(broker, vhost) > 0, 15, "inputs held unacked")
     assert services.procs["metric"].poll() is None
     filler.unlink()  # space returns
     try:
@@ -444,10 +449,7 @@ def test_a_full_state_database_filesystem_holds_acks_and_loses_nothing(
     assert "could not make" in services.output("metric")  # retried, not fatal
 
     # Nothing acked while nothing could be committed (4.x counts unacked messages on a tick).
-    def held() -> int:
-        return _unacked(broker, vhost, "metric.y_true") + _unacked(broker, vhost, "metric.y_pred")
-
-    wait_until(lambda: held() > 0, 15, "inputs held unacked")
+    wait_until(lambda: _held(broker, vhost) > 0, 15, "inputs held unacked")
     assert services.procs["metric"].poll() is None
     filler.unlink()  # space returns
     wait_until(lambda: len(read_csv(csv_path)) >= 1500, 120, "all 1,500 rows")
