@@ -39,6 +39,21 @@ class MessageType:
     producer: str
     produces: int
     consumers: tuple[Consumer, ...]
+    history: History | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A stream queue bound to a type's exchange: every message of the last `max_age`, readable
+    again from any point by anyone allowed to read it (RabbitMQ streams)."""
+
+    queue: str
+    exchange: str
+    max_age: str  # a RabbitMQ x-max-age, e.g. "7D"
+
+    def arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": "stream", "x-max-age": self.max_age,
+                "x-max-length-bytes": 1_000_000_000}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +77,7 @@ class Topology:
     queues: tuple[QueueSpec, ...]
     dead_letter_exchange: str
     delivery_limit: int
+    histories: tuple[History, ...] = ()
 
     def queue_arguments(self, queue: QueueSpec) -> dict[str, Any]:
         """A consumer queue: quorum, bounded redeliveries, dead letters that cannot be dropped."""
@@ -193,8 +209,14 @@ class Contracts:
 
     def topology(self) -> Topology:
         amqp = [t for t in self.types.values() if t.transport == "amqp"]
-        queues = tuple(QueueSpec(c.queue, t.name, t.name) for t in amqp for c in t.consumers)
-        return Topology(tuple(t.name for t in amqp), queues, self._dlx, self._delivery_limit)
+        # A consumer without a queue reads a file the producer writes (the plot reads the CSV).
+        queues = tuple(
+            QueueSpec(c.queue, t.name, t.name) for t in amqp for c in t.consumers if c.queue
+        )
+        histories = tuple(t.history for t in amqp if t.history)
+        return Topology(
+            tuple(t.name for t in amqp), queues, self._dlx, self._delivery_limit, histories
+        )
 
 
 def _message_type(name: str, spec: dict[str, Any]) -> MessageType:
@@ -211,4 +233,7 @@ def _message_type(name: str, spec: dict[str, Any]) -> MessageType:
         producer=spec["producer"]["service"],
         produces=int(spec["producer"]["version"]),
         consumers=consumers,
+        history=History(spec["history"]["queue"], name, spec["history"]["max_age"])
+        if "history" in spec
+        else None,
     )

@@ -34,7 +34,7 @@ def permissions(contracts: Contracts) -> dict[str, dict[str, str]]:
         if mtype.transport != "amqp":
             continue
         users.setdefault(mtype.producer, {"write": [], "read": []})["write"].append(mtype.name)
-        for consumer in mtype.consumers:
+        for consumer in (c for c in mtype.consumers if c.queue):
             entry = users.setdefault(consumer.service, {"write": [], "read": []})
             entry["read"].append(consumer.queue)
             if topo.dead_letter_exchange not in entry["write"]:
@@ -51,6 +51,7 @@ def build(contracts: Contracts, vhost: str = "modelwatch") -> dict[str, Any]:
     users = [*grants, ADMIN_USER]
     queues = [(q.name, topo.queue_arguments(q)) for q in topo.queues]
     queues += [(q.dlq, topo.dlq_arguments((4,))) for q in topo.queues]  # the image is 4.x
+    queues += [(h.queue, h.arguments()) for h in topo.histories]
     return {
         "vhosts": [{"name": vhost}],
         "users": [
@@ -77,7 +78,8 @@ def build(contracts: Contracts, vhost: str = "modelwatch") -> dict[str, Any]:
                 _binding(vhost, q.exchange, q.name, ""),
                 _binding(vhost, topo.dead_letter_exchange, q.dlq, q.name),
             )
-        ],
+        ]
+        + [_binding(vhost, h.exchange, h.queue, "") for h in topo.histories],
     }
 
 

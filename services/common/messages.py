@@ -38,7 +38,7 @@ class Message:
 
     @property
     def id(self) -> str:
-        return self.payload["id"]
+        return message_id(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,12 @@ class Outgoing:
 
     @property
     def id(self) -> str:
-        return self.payload["id"]
+        return message_id(self.payload)
+
+
+def message_id(payload: dict[str, Any]) -> str:
+    """The id a message travels under: its `id`, or `message_id` for a recorded row."""
+    return payload["id"] if "id" in payload else payload["message_id"]
 
 
 def _no_constants(name: str) -> Any:

@@ -100,8 +100,8 @@ def _message(mtype: MessageType, version: int, contracts: Contracts) -> dict[str
         "contentType": "application/json",
         "headers": {"$ref": "#/components/schemas/headers"},
         "payload": {"$ref": f"./{mtype.versions[version]}"},
-        "correlationId": {"description": "The row's id, also the AMQP message_id.",
-                          "location": "$message.payload#/id"},
+        "correlationId": {"description": "The message's id, also the AMQP message_id.",
+                          "location": f"$message.payload#/{_id_field(schema)}"},
         "bindings": {"amqp": {"messageType": mtype.name, "bindingVersion": AMQP_BINDING}},
         "examples": [
             {"name": e.stem, "payload": json.loads(e.read_text()),
@@ -109,6 +109,10 @@ def _message(mtype: MessageType, version: int, contracts: Contracts) -> dict[str
             for e in examples
         ],
     }  # fmt: skip
+
+
+def _id_field(schema: dict[str, Any]) -> str:
+    return "id" if "id" in schema.get("properties", {}) else "message_id"
 
 
 def build(contracts: Contracts) -> dict[str, Any]:
@@ -130,7 +134,14 @@ def build(contracts: Contracts) -> dict[str, Any]:
                                   "bindingVersion": AMQP_BINDING}},
             "x-producer": mtype.producer,
         }  # fmt: skip
-        for c in mtype.consumers:
+        if mtype.history:
+            h = mtype.history
+            channels[_camel(h.queue)] = _queue_channel(
+                h.queue, mtype, list(mtype.versions),
+                f"A stream bound to the {mtype.name} exchange: every message of the last "
+                f"{h.max_age}, readable again from any offset (x-queue-type stream).",
+            )  # fmt: skip
+        for c in (c for c in mtype.consumers if c.queue):
             key, dlq = _camel(c.queue), _camel(c.queue, "dlq")
             channels[key] = _queue_channel(
                 c.queue,

@@ -103,6 +103,8 @@ def _check_catalog(root: Path, contracts: Contracts, schemas: dict, report: Repo
             for v in c.accepts:
                 if v not in mtype.versions:
                     report.problem(f"{mtype.name}: {c.service} accepts v{v}, which is not listed")
+            if not c.queue:
+                continue  # reads a file the producer writes, not a queue
             if mtype.transport == "amqp" and mtype.produces not in c.accepts:
                 report.problem(f"{mtype.name}: {c.service} ({c.queue}) does not accept "
                                f"v{mtype.produces}, which the producer emits")  # fmt: skip

@@ -4,7 +4,8 @@ For every delivery: decode -> validate -> handle -> validate outgoing -> publish
 confirms -> ack, so an input is acknowledged only once its effect is durable. Bad input (`Rejected`)
 and outputs over the size limit are dead-lettered at once; a handler that raises is requeued until
 the delivery limit, then dead-lettered. A handler with no outputs may have its effect made durable
-in batches (`on_flush`): the inputs are acked after the flush.
+in batches (`on_flush`): the inputs are acked after the flush (after the confirms too, when the
+handler also had outputs).
 
 Settling (acks, rejects, flush batches) is settle.py's.
 """
@@ -140,7 +141,9 @@ class Consumers:
                 if state["failed"]:
                     log.warning("output of %s not confirmed (%s); requeueing the input",
                                 props.message_id, state["failed"])  # fmt: skip
-                self.settler.settle(chan, tag, requeue=bool(state["failed"]))
+                    self.settler.settle(chan, tag, requeue=True)
+                else:  # a handler with a flush hook also waits for its effect to be durable
+                    self.settler.defer(chan, tag)
 
         for message in prepared:
             self._publisher.send_prepared(message, confirmed)

@@ -31,11 +31,16 @@ async def declare(call: Call, ch: Any, topo: Topology, broker: tuple[int, ...] =
         await call(lambda cb, q=q: ch.queue_declare(
             q.dlq, durable=True, arguments=dlq_arguments, callback=cb))  # fmt: skip
         await call(lambda cb, q=q: ch.queue_bind(q.dlq, dlx, routing_key=q.name, callback=cb))
+    for h in topo.histories:
+        await call(lambda cb, h=h: ch.queue_declare(
+            h.queue, durable=True, arguments=h.arguments(), callback=cb))  # fmt: skip
+        await call(lambda cb, h=h: ch.queue_bind(h.queue, h.exchange, callback=cb))
 
 
 async def verify(call: Call, ch: Any, topo: Topology, broker: tuple[int, ...] = (4,)) -> None:
     """Check the preloaded topology exists; passive declares need no configure permission."""
     for exchange in (topo.dead_letter_exchange, *topo.exchanges):
         await call(lambda cb, e=exchange: ch.exchange_declare(e, passive=True, callback=cb))
-    for name in (n for q in topo.queues for n in (q.name, q.dlq)):
+    names = [n for q in topo.queues for n in (q.name, q.dlq)] + [h.queue for h in topo.histories]
+    for name in names:
         await call(lambda cb, n=name: ch.queue_declare(n, passive=True, callback=cb))
