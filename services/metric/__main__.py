@@ -1,4 +1,5 @@
-"""`modelwatch metric`: join y_true and y_pred by id and append one CSV row per id."""
+"""`modelwatch metric`: join y_true and y_pred by id, append one CSV row per id and publish it
+as a metric_record message once it is durable."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from services.common.contracts import Contracts
 from services.common.runtime import run
 from services.common.settings import environ
 from services.metric.join import on_half, sweep
+from services.metric.outbox import publish_forever
 from services.metric.settings import Settings
 from services.metric.store import AppendOnlyCsv, Store
 
@@ -42,15 +44,25 @@ async def main(stop: asyncio.Event) -> None:
     process = functools.partial(on_half, store=store, contracts=contracts)
     broker.consume("y_true", process)
     broker.consume("y_pred", process)
-    broker.on_flush(store.flush)
+    recorded = asyncio.Event()
+    recorded.set()  # rows left unpublished by an earlier run go first
+
+    def flush() -> None:
+        store.flush()
+        if store.outbox:
+            recorded.set()
+
+    broker.on_flush(flush)
     if not await broker.start(stop):
         store.close()
         return
     sweeper = broker.watch(sweep_forever(store, contracts, settings), "orphan sweep")
+    outbox = broker.watch(publish_forever(store, broker, recorded), "metric_record outbox")
     try:
         await broker.run_until(stop)
     finally:
         sweeper.cancel()
+        outbox.cancel()
     store.flush()
     store.close()
 

@@ -43,7 +43,8 @@ def on_half(message: Message, store: Store, contracts: Contracts) -> list[Outgoi
                 },
             ):
                 contracts.check_output("metric_record", row)
-                store.record(half, row)
+                # Published from the outbox once durable, as a child of this span.
+                store.record(half, row, trace.get_current_span().get_span_context())
         case handler.Orphan(record=record):
             contracts.check_output("orphan_record", record)
             store.orphan(half, record)

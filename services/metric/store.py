@@ -26,8 +26,10 @@ import io
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from services.common.settings import ConfigError
 from services.metric.handler import Half
@@ -102,6 +104,20 @@ class Store:
         self.orphans = orphans
         self._recover(metrics, "joined", _metric_halves)
         self._recover(orphans, "orphaned", _orphan_halves)
+        # The rows flushed but not yet published as metric_record messages (the outbox), each
+        # batch with the CSV's end after it; `published` is where the confirmed ones end.
+        self.outbox: deque[tuple[list[tuple[dict, Any]], int]] = deque()
+        self._recorded: list[tuple[dict, Any]] = []
+        self._published_key = f"published:{metrics.path}"
+        found = self._db.execute(
+            "SELECT size FROM file_ends WHERE path = ?", (self._published_key,)
+        ).fetchone()
+        published = found[0] if found else metrics.size  # a log from before rows were published
+        if metrics.size > published:
+            rows = [(_typed(r), None) for r in metrics.rows_after(published)
+                    if r["message_id"] != "message_id"]  # fmt: skip
+            self.outbox.append((rows, metrics.size))
+        self.mark_published(published)
         self._commit()
 
     def lookup(self, id_: str, kind: str) -> tuple[Half | None, Half | None]:
@@ -118,8 +134,10 @@ class Store:
     def keep(self, half: Half) -> None:
         self._put(half, "pending")
 
-    def record(self, half: Half, row: dict) -> None:
+    def record(self, half: Half, row: dict, context: Any = None) -> None:
+        """Buffer the row (`context` travels with it to the outbox: the trace to publish in)."""
         self.metrics.add(row)
+        self._recorded.append((row, context))
         self._put(half, "joined")
         partner = "y_pred" if half.kind == "y_true" else "y_true"
         self._write(
@@ -158,6 +176,14 @@ class Store:
         self._set_end(self.metrics)
         self._set_end(self.orphans)
         self._commit()
+        if self._recorded:
+            self.outbox.append((self._recorded, self.metrics.size))
+            self._recorded = []
+
+    def mark_published(self, end: int) -> None:
+        """The rows up to `end` of the metrics CSV were confirmed as messages (saved with the
+        next commit: after a crash, a few rows may be published again, never none)."""
+        self._write("INSERT OR REPLACE INTO file_ends VALUES (?, ?)", (self._published_key, end))
 
     def close(self) -> None:
         self._db.close()
@@ -213,6 +239,14 @@ class Store:
                     for half in halves(row):
                         self._put(half, state)
         self._set_end(file)
+
+
+_NUMBERS = ("y_true", "y_pred", "absolute_error", "latency_ms")
+
+
+def _typed(row: dict) -> dict:
+    """A metric_record row read back from the CSV, with its numbers as numbers again."""
+    return {k: float(v) if k in _NUMBERS else v for k, v in row.items()}
 
 
 def _metric_halves(row: dict) -> list[Half]:
