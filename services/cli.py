@@ -20,7 +20,7 @@ from pathlib import Path
 from services.common import settings as env_
 from services.common.settings import ConfigError
 
-SERVICES = ("model", "metric", "plot", "features")
+SERVICES = ("model", "metric", "monitor", "plot", "features")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> None:
         commands.add_parser(name, help=f"run the {name} service (settings from the environment)")
     train = commands.add_parser("train", help="fit the model and write MODEL_PATH and its manifest")
     train.add_argument("--if-missing", action="store_true", help="do nothing if MODEL_PATH exists")
-    commands.add_parser("up", help="train if needed, then run all four services until Ctrl+C")
+    commands.add_parser("up", help="train if needed, then run all the services until Ctrl+C")
+    alerts = commands.add_parser("alerts", help="the monitor's recent alerts and the open ones")
+    alerts.add_argument("--last", type=int, default=20, help="how many recent alerts to show")
+    alerts.add_argument("--json", action="store_true", help="one alert message per line")
     broker = commands.add_parser("broker", help="broker set-up derived from the contracts")
     broker.add_argument("what", choices=["definitions"], help="print the RabbitMQ definitions")
     broker.add_argument("--vhost", default="modelwatch")
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_soak(args.rows, args.close_every))
     elif args.command == "dlq":
         sys.exit(_dlq(args.action, args.queue, args.id))
+    elif args.command == "alerts":
+        sys.exit(_alerts(args.last, args.json))
     else:
         sys.exit(_up())
 
@@ -180,6 +185,37 @@ def _dlq(action: str, queue: str, message_id: str | None) -> int:
         return 0
     finally:
         letters.close()
+
+
+def _alerts(last: int, as_json: bool) -> int:
+    from services.monitor.store import recent_alerts
+
+    try:
+        state = env_.path(os.environ, "MONITOR_STATE_PATH", "logs/monitor_state.sqlite3")
+    except ConfigError as exc:
+        print(f"alerts: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not state.exists():
+        print(f"alerts: no monitor state at {state} (MONITOR_STATE_PATH); is the monitor "
+              "running?", file=sys.stderr)  # fmt: skip
+        return 2
+    found = recent_alerts(state, last)
+    if as_json:
+        for alert in found:
+            print(json.dumps(alert))
+        return 0
+    latest: dict[str, dict] = {}
+    for alert in recent_alerts(state, 100_000):
+        latest[alert["alert"]] = alert
+    still_open = [a for a in latest.values() if a["state"] == "firing"]
+    print(f"{len(still_open)} open alert(s); the last {len(found)} alert message(s):")
+    for a in found:
+        examples = ", ".join(f"{e['message_id']} (trace {e['trace_id'] or '-'})"
+                             for e in a["examples"])  # fmt: skip
+        print(f"{a['emitted_at']}  {a['state']:<8} {a['alert']}  {a['summary']}")
+        if examples:
+            print(f"    rows: {examples}")
+    return 0
 
 
 def _up() -> int:

@@ -151,6 +151,7 @@ def service_env(amqp_url: str, model_path: Path, tmp_path: Path) -> dict[str, st
         "METRIC_LOG_PATH": str(logs / "metric_log.csv"),
         "METRIC_ORPHAN_LOG_PATH": str(logs / "orphans.csv"),
         "METRIC_STATE_PATH": str(logs / "metric_state.sqlite3"),
+        "MONITOR_STATE_PATH": str(logs / "monitor_state.sqlite3"),
         "PLOT_PATH": str(logs / "error_distribution.png"),
         "PLOT_INTERVAL_S": "0.5",
         "FEATURES_INTERVAL_S": "0",
