@@ -15,6 +15,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error
 from sklearn.model_selection import train_test_split
 
+from services import cli
 from services.model.artifact import ArtifactError, load, manifest_path
 from services.model.reference import FORMAT, load_reference, reference_path
 
@@ -136,3 +137,16 @@ def test_an_unknown_format_is_refused(tmp_path: Path, model_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"^MONITOR_REFERENCE_PATH: .*unknown format"):
         load_reference(reference_path(copy), model.version, model.sha256)
 
+
+def test_train_if_missing_adds_the_reference_and_keeps_the_model(
+    tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = copied(model_path, tmp_path)
+    reference_path(copy).unlink()  # a model trained before references existed
+    monkeypatch.setenv("MODEL_PATH", str(copy))
+    assert cli._train(if_missing=True) == 0
+    assert copy.read_bytes() == model_path.read_bytes()
+    assert reference_path(copy).read_bytes() == reference_path(model_path).read_bytes()
+    before = reference_path(copy).stat().st_mtime_ns
+    assert cli._train(if_missing=True) == 0
+    assert reference_path(copy).stat().st_mtime_ns == before
