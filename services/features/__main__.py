@@ -33,10 +33,10 @@ FULL_SPEED_BURST = 64
 
 
 async def main(stop: asyncio.Event) -> int:
-    settings = Settings.from_env(environ())
+    data = load_diabetes()
+    settings = Settings.from_env(environ(), data.feature_names)
     contracts = Contracts(settings.contracts_dir)
     version = emitted_version(contracts, settings.schema_version)
-    data = load_diabetes()
     rng = random.Random(settings.seed)
     broker = Broker(settings.broker, contracts, "features")
     if not await broker.start(stop):
