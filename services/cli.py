@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in SERVICES:
         commands.add_parser(name, help=f"run the {name} service (settings from the environment)")
-    train = commands.add_parser("train", help="fit the model and write MODEL_PATH and its manifest")
-    train.add_argument("--if-missing", action="store_true", help="do nothing if MODEL_PATH exists")
+    train = commands.add_parser(
+        "train", help="fit the model; write MODEL_PATH, its manifest and the monitor's reference"
+    )
+    train.add_argument(
+        "--if-missing", action="store_true", help="do nothing if all three files exist"
+    )
     commands.add_parser("up", help="train if needed, then run all the services until Ctrl+C")
     alerts = commands.add_parser("alerts", help="the monitor's recent alerts and the open ones")
     alerts.add_argument("--last", type=int, default=20, help="how many recent alerts to show")
@@ -76,14 +80,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def _train(if_missing: bool) -> int:
     from services.model.artifact import manifest_path, train
+    from services.model.reference import reference_path
 
     try:
         model_path = env_.path(os.environ, "MODEL_PATH", "models/model.json")
     except ConfigError as exc:
         print(f"train: configuration error: {exc}", file=sys.stderr)
         return 2
-    if if_missing and model_path.exists() and manifest_path(model_path).exists():
-        print(f"model already at {model_path}")
+    # Training is deterministic: when only the reference is missing (a model trained before
+    # references existed), training again rewrites the same model bytes, so its version stays.
+    files = (model_path, manifest_path(model_path), reference_path(model_path))
+    if if_missing and all(f.exists() for f in files):
+        print(f"model and reference already at {model_path}")
         return 0
     manifest = train(model_path)
     print(f"trained {manifest['version']} -> {model_path}")

@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+from services.common.settings import ConfigError
+from services.features.settings import Drift
+from services.features.settings import drifts as parse_drifts
 from tests.conftest import REPO
 
 
@@ -67,3 +70,59 @@ def test_a_bad_span_batching_variable_is_named() -> None:
     done = start("model", OTEL_TRACES_EXPORTER="otlp", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="lots")
     assert done.returncode == 2
     assert "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in done.stderr
+
+
+NAMES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
+
+
+def drifts(value: str | None) -> tuple[Drift, ...]:
+    return parse_drifts({} if value is None else {"FEATURES_DRIFT": value}, "FEATURES_DRIFT", NAMES)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, ()),
+        ("", ()),
+        ("  ", ()),
+        ("bmi:+2@1000", (Drift("bmi", 2.0, 1000),)),
+        ("bmi:+2@1000,s5:-1.5@0", (Drift("bmi", 2.0, 1000), Drift("s5", -1.5, 0))),
+        (" bmi : 2 @ 10 , s5:-1.5e0@0 ", (Drift("bmi", 2.0, 10), Drift("s5", -1.5, 0))),
+        ("age:0@5", (Drift("age", 0.0, 5),)),
+    ],
+)
+def test_features_drift_is_parsed(value: str | None, expected: tuple[Drift, ...]) -> None:
+    assert drifts(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("BMI:+2@1000", "unknown feature 'BMI' in 'BMI:+2@1000'; the features are age, sex, bmi"),
+        ("weight:1@0", "unknown feature 'weight'"),
+        ("bmi+2@1000", "malformed entry 'bmi+2@1000'; expected <feature>:<shift in standard"),
+        ("bmi=2@1000", "standard deviations>@<after N rows>, e.g. bmi:+2@1000"),
+        ("bmi:+2", "malformed entry 'bmi:+2'; expected"),
+        ("bmi:@10", "malformed entry 'bmi:@10'"),
+        (":1@10", "malformed entry ':1@10'"),
+        ("bmi:two@10", "malformed entry 'bmi:two@10'"),
+        ("bmi:2@1.5", "malformed entry 'bmi:2@1.5'"),
+        ("bmi:2@10,", "malformed entry ''"),
+        ("bmi:nan@10", "the shift in 'bmi:nan@10' must be a finite number"),
+        ("bmi:-inf@10", "the shift in 'bmi:-inf@10' must be a finite number"),
+        ("bmi:1@-1", "N in 'bmi:1@-1' must be >= 0"),
+        ("bmi:1@0,s5:1@0,bmi:2@5", "bmi is given twice in 'bmi:1@0,s5:1@0,bmi:2@5'"),
+    ],
+)
+def test_a_bad_features_drift_is_named_with_what_is_wrong(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        drifts(value)
+    assert str(error.value).startswith("FEATURES_DRIFT: ")
+    assert message in str(error.value)
+
+
+def test_the_features_service_refuses_a_bad_drift_at_start_up() -> None:
+    done = start("features", FEATURES_DRIFT="bmi:+2@soon")
+    assert done.returncode == 2
+    assert "FEATURES_DRIFT: malformed entry 'bmi:+2@soon'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,5 +1,7 @@
 """`modelwatch features`: emit a random diabetes row every FEATURES_INTERVAL_S seconds.
 
+FEATURES_DRIFT shifts chosen features from a chosen row on, to see the monitor react.
+
 With FEATURES_COUNT=N it stops after N rows and exits 0 once the broker confirmed all of them.
 Up to FEATURES_MAX_IN_FLIGHT rows wait for confirms at once, so full speed is not one round trip
 per row.
@@ -33,10 +35,13 @@ FULL_SPEED_BURST = 64
 
 
 async def main(stop: asyncio.Event) -> int:
-    settings = Settings.from_env(environ())
+    data = load_diabetes()
+    settings = Settings.from_env(environ(), data.feature_names)
     contracts = Contracts(settings.contracts_dir)
     version = emitted_version(contracts, settings.schema_version)
-    data = load_diabetes()
+    stds = data.data.std(axis=0)  # FEATURES_DRIFT's unit: each feature's std over all rows
+    if settings.drifts:
+        log.info("FEATURES_DRIFT: %s", "; ".join(map(str, settings.drifts)))
     rng = random.Random(settings.seed)
     broker = Broker(settings.broker, contracts, "features")
     if not await broker.start(stop):
@@ -51,14 +56,16 @@ async def main(stop: asyncio.Event) -> int:
         window.release()
         refused += not task.cancelled() and task.exception() is None and not task.result()
 
-    for _ in itertools.count() if settings.count == 0 else range(settings.count):
+    for index in itertools.count() if settings.count == 0 else range(settings.count):
         if stop.is_set():
             break
+        for starting in (d for d in settings.drifts if d.after == index):
+            log.info("drift starts at row %d: %s", index, starting)
         row = rng.randrange(len(data.target))
+        values = handler.drift(data.data[row], data.feature_names, settings.drifts, index, stds)
         messages = handler.emit(
-            data.data[row], data.target[row], str(uuid.uuid4()), utc_now(), version,
-            data.feature_names,
-        )  # fmt: skip
+            values, data.target[row], str(uuid.uuid4()), utc_now(), version, data.feature_names
+        )
         await window.acquire()
         task = asyncio.create_task(_send_all(broker, messages))
         in_flight.add(task)

@@ -1,16 +1,16 @@
 """The model artifact: plain parameters in JSON, a manifest with its SHA-256 and version.
 
 Loading a JSON file cannot run code, unlike a pickle. The manifest beside it
-(`<MODEL_PATH>.manifest.json`) holds the artifact's SHA-256 and version; `load` refuses a file
-whose hash differs from the manifest, or from `MODEL_SHA256` when a deployment pins one.
+(`<MODEL_PATH>.manifest.json`) holds the artifact's SHA-256 and version, and the name and SHA-256
+of the monitor's reference that `train` writes with it (services/model/reference.py); `load`
+refuses a file whose hash differs from the manifest, or from `MODEL_SHA256` when a deployment pins
+one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +21,10 @@ from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
+from services.model import reference
+from services.model.files import ArtifactError, write_atomic
+
 FORMAT = "modelwatch-linear-regression/1"
-
-
-class ArtifactError(RuntimeError):
-    """The artifact is missing, altered or not in a format this version reads."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,8 @@ def manifest_path(model_path: Path) -> Path:
 
 
 def train(model_path: Path) -> dict:
-    """Fit LinearRegression on the diabetes data; write the artifact and its manifest."""
+    """Fit LinearRegression on the diabetes data; write the artifact, the monitor's reference and
+    the manifest (last, so that it only ever vouches for files already in place)."""
     data = load_diabetes()
     x_train, x_test, y_train, y_test = train_test_split(
         data.data, data.target, test_size=0.2, random_state=0
@@ -71,10 +71,22 @@ def train(model_path: Path) -> dict:
     }
     body = (json.dumps(params, indent=2) + "\n").encode()
     sha = hashlib.sha256(body).hexdigest()
-    manifest = {"artifact": model_path.name, "sha256": sha, "version": f"linreg-{sha[:12]}"}
+    version = f"linreg-{sha[:12]}"
+    ref_path = reference.reference_path(model_path)
+    ref_body = reference.encode(
+        reference.build(estimator, data.feature_names, x_train, (x_test, y_test), version, sha)
+    )
+    manifest = {
+        "artifact": model_path.name,
+        "sha256": sha,
+        "version": version,
+        "reference": ref_path.name,
+        "reference_sha256": hashlib.sha256(ref_body).hexdigest(),
+    }
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(model_path, body)
-    _write_atomic(manifest_path(model_path), (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomic(model_path, body)
+    write_atomic(ref_path, ref_body)
+    write_atomic(manifest_path(model_path), (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest | {"training": params["training"]}
 
 
@@ -102,11 +114,3 @@ def load(model_path: Path, pinned_sha256: str = "") -> LoadedModel:
     estimator.intercept_ = float(params["intercept"])
     estimator.n_features_in_ = len(params["coef"])
     return LoadedModel(estimator, manifest["version"], sha, tuple(params["feature_names"]))
-
-
-def _write_atomic(target: Path, body: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(body)
-        os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide it from other users
-    os.replace(tmp, target)
