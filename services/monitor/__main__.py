@@ -1,4 +1,4 @@
-"""`modelwatch monitor`: windowed quality and drift of the model, published as reports and alerts."""
+"""`modelwatch monitor`: the model's quality and drift per window, as reports and alerts."""
 
 from __future__ import annotations
 

@@ -76,8 +76,10 @@ def _summary(stat: Statistic, state: str, rows: int) -> str:
     below = stat.statistic == "ks_pvalue"
     side = "below" if below else "above"
     if state == "resolved":
-        return f"{what} back within its threshold: {stat.value:.4g} over {rows} rows " \
-               f"(threshold {stat.threshold:.4g})"
+        return (
+            f"{what} back within its threshold: {stat.value:.4g} over {rows} rows "
+            f"(threshold {stat.threshold:.4g})"
+        )
     if stat.statistic == "error_change":
         return "the absolute error's mean rose (Page-Hinkley change detector)"
     return f"{what} is {stat.value:.4g} over {rows} rows, {side} the threshold {stat.threshold:.4g}"

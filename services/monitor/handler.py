@@ -50,7 +50,9 @@ def event_of(message: Message, now: float, features: Sequence[str]) -> Event:
 def apply(state: State, event: Event, reference: dict, judging: Judging) -> list[Outgoing]:
     """Add `event` to its window; return the reports and alerts it causes."""
     out: list[Outgoing] = []
-    for window in [w for w in state.windows.values() if event.now - w.opened_at >= judging.window_s]:
+    for window in [
+        w for w in state.windows.values() if event.now - w.opened_at >= judging.window_s
+    ]:
         out += close(state, window, event.now, "time", reference, judging)
     if event.kind == "tick":
         return out

@@ -44,8 +44,9 @@ def judge(window: Window, reference: dict | None, judging: Judging) -> list[Stat
     if window.stream == "features":
         assert reference is not None
         names = list(reference["features"])
+        features = reference["features"]
         found = [s for j, name in enumerate(names)
-                 for s in drift(name, rows[:, j], reference["features"][name], judging, j)]  # fmt: skip
+                 for s in drift(name, rows[:, j], features[name], judging, j)]  # fmt: skip
         deciding = [s for s in found if s.statistic in ("ks_pvalue", "wasserstein") and s.threshold]
         share = sum(s.breached for s in deciding) / max(len(names), 1)
         found.append(Statistic("drift_share", "", share, judging.drift_share,

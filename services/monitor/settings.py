@@ -63,9 +63,7 @@ class Settings:
             contracts_dir=env_.contracts_dir(env),
             model_path=model_path,
             reference_path=env_.path(env, "MONITOR_REFERENCE_PATH", default_reference),
-            state_path=env_.writable_file(
-                env, "MONITOR_STATE_PATH", "logs/monitor_state.sqlite3"
-            ),
+            state_path=env_.writable_file(env, "MONITOR_STATE_PATH", "logs/monitor_state.sqlite3"),
             judging=judging,
         )
 

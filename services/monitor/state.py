@@ -66,7 +66,9 @@ class State:
     def seen(self, key: str, id_: str) -> bool:
         if key not in self._seen:
             window = self.windows.get(key)
-            self._seen[key] = set(self.previous_ids.get(key, ())) | set(window.ids if window else ())
+            self._seen[key] = set(self.previous_ids.get(key, ())) | set(
+                window.ids if window else ()
+            )
         return id_ in self._seen[key]
 
     def remember(self, key: str, id_: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import kstwo
 
 BINS = 10
 MAX_SAMPLE = 5000
@@ -41,6 +42,123 @@ def distribution(values: Sequence[float], bins: int = BINS, max_sample: int = MA
         "proportions": [float(c) / data.size for c in counts],
         "sample": [float(v) for v in sample],
     }
+
+
+# Evidently's stattests: an empty bin counts as this share in PSI; a reference std below this
+# floor norms the Wasserstein distance by the floor instead (a constant reference column).
+EMPTY_BIN = 0.0001
+STD_FLOOR = 0.001
+
+
+def psi(reference: dict, current: Any) -> float:
+    """Population Stability Index of `current` over the reference's bins."""
+    values = _as_array(current)
+    counts = np.bincount(
+        np.searchsorted(reference["edges"], values, side="right"),
+        minlength=len(reference["proportions"]),
+    )
+    now = np.maximum(counts / values.size, EMPTY_BIN)
+    then = np.maximum(np.asarray(reference["proportions"]), EMPTY_BIN)
+    return float(np.sum((now - then) * np.log(now / then)))
+
+
+def _cdfs(reference: dict, current: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both empirical CDFs at every point of the merged samples, and the gaps between points."""
+    ref = np.asarray(reference["sample"], dtype=float)  # sorted by `distribution`
+    cur = np.sort(_as_array(current))
+    points = np.sort(np.concatenate([ref, cur]))
+    ref_cdf = np.searchsorted(ref, points, side="right") / ref.size
+    cur_cdf = np.searchsorted(cur, points, side="right") / cur.size
+    return ref_cdf, cur_cdf, np.diff(points)
+
+
+def wasserstein_normed(reference: dict, current: Any) -> float:
+    """The 1-Wasserstein distance to the reference sample, in reference standard deviations
+    (Evidently's normed Wasserstein)."""
+    ref_cdf, cur_cdf, gaps = _cdfs(reference, current)
+    distance = float(np.sum(np.abs(ref_cdf[:-1] - cur_cdf[:-1]) * gaps))
+    return distance / max(reference["std"], STD_FLOOR)
+
+
+def ks(reference: dict, current: Any) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic and its two-sided p-value.
+
+    The p-value is the asymptotic one (scipy's ks_2samp with method="asymp"): constant cost
+    whatever the sizes. scipy's default for samples this small is the exact one; where the
+    decision is made (p between 0.01 and 0.2) the two differ by a few percent (tests check it).
+    """
+    ref_cdf, cur_cdf, _ = _cdfs(reference, current)
+    statistic = float(np.max(np.abs(ref_cdf - cur_cdf)))
+    n, m = len(reference["sample"]), np.size(current)
+    pvalue = float(kstwo.sf(statistic, round(n * m / (n + m))))
+    return statistic, min(max(pvalue, 0.0), 1.0)
+
+
+def error_summary(absolute_errors: Any) -> dict[str, float]:
+    errors = _as_array(absolute_errors)
+    p50, p90, p99 = np.quantile(errors, [0.5, 0.9, 0.99])
+    return {"mae": float(errors.mean()), "rmse": float(np.sqrt(np.mean(errors**2))),
+            "p50": float(p50), "p90": float(p90), "p99": float(p99)}  # fmt: skip
+
+
+class PageHinkley:
+    """The Page-Hinkley change detector, as river.drift.PageHinkley computes it (tests compare
+    them value by value), with its state as a dict so it survives a restart.
+
+    The monitor feeds it each row's absolute error divided by the holdout MAE (about 1, standard
+    deviation about 0.8 without a change) and looks for increases only. With delta 0.1 (a rise
+    below a tenth of the holdout MAE is tolerated) and threshold 50, the cumulated excess must
+    reach 50 holdout MAEs: a rise of 40% fires after about 170 rows, and noise alone essentially
+    never does (docs/monitoring.md has the measured rates).
+    """
+
+    FIELDS = ("n", "mean", "sum_up", "sum_down", "min_up", "max_down", "detected")
+
+    def __init__(self, min_instances: int = 30, delta: float = 0.1, threshold: float = 50.0,
+                 alpha: float = 1 - 0.0001, mode: str = "up") -> None:  # fmt: skip
+        if mode not in ("up", "down", "both"):
+            raise ValueError(f"mode must be up, down or both, not {mode!r}")
+        self.params = {"min_instances": min_instances, "delta": delta, "threshold": threshold,
+                       "alpha": alpha, "mode": mode}  # fmt: skip
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n, self.mean, self.sum_up, self.sum_down = 0, 0.0, 0.0, 0.0
+        self.min_up, self.max_down = float("inf"), -1.0  # river starts max_down at -1
+        self.detected = False
+
+    def update(self, x: float) -> bool:
+        """Add one value; True if a change is detected at it (the detector then starts over)."""
+        p = self.params
+        if self.detected:
+            self._reset()
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+        deviation = x - self.mean
+        self.sum_up = p["alpha"] * self.sum_up + deviation - p["delta"]
+        self.sum_down = p["alpha"] * self.sum_down + deviation + p["delta"]
+        self.min_up = min(self.min_up, self.sum_up)
+        self.max_down = max(self.max_down, self.sum_down)
+        if self.n >= p["min_instances"]:
+            up = p["mode"] != "down" and self.sum_up - self.min_up > p["threshold"]
+            down = p["mode"] != "up" and self.max_down - self.sum_down > p["threshold"]
+            self.detected = up or down
+        return self.detected
+
+    def to_dict(self) -> dict:
+        # inf is not JSON: a detector that has seen no value keeps min_up as None.
+        state = {f: getattr(self, f) for f in self.FIELDS}
+        state["min_up"] = None if self.min_up == float("inf") else self.min_up
+        return {"params": self.params, "state": state}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PageHinkley:
+        detector = cls(**data["params"])
+        for field, value in data["state"].items():
+            setattr(detector, field, value)
+        if detector.min_up is None:
+            detector.min_up = float("inf")
+        return detector
 
 
 def _as_array(values: Any) -> np.ndarray:

@@ -38,7 +38,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._db.commit()
-        self._snapshot: dict | None = None
+        self._snapshot: str | None = None
         self._events: list[Event] = []
         self._alerts: list[dict] = []
 
@@ -53,8 +53,9 @@ class Store:
         self._events.append(event)
 
     def snapshot(self, state: dict) -> None:
-        """`state` includes every event so far: they need no journal."""
-        self._snapshot = state
+        """`state` includes every event so far: they need no journal. Serialised now: the state
+        changes on with the next event."""
+        self._snapshot = json.dumps(state)
         self._events.clear()
 
     def alert(self, payload: dict) -> None:
@@ -67,7 +68,7 @@ class Store:
             if self._snapshot is not None:
                 self._db.execute("DELETE FROM journal")
                 self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?)",
-                                 (json.dumps(self._snapshot),))  # fmt: skip
+                                 (self._snapshot,))  # fmt: skip
             self._db.executemany("INSERT INTO journal (event) VALUES (?)",
                                  [(json.dumps(e.to_list()),) for e in self._events])  # fmt: skip
             self._db.executemany(
