@@ -32,7 +32,7 @@ COMPOSE = REPO / "docker-compose.yml"
 DEFINITIONS = REPO / "deploy" / "rabbitmq" / "definitions.json"
 RENDER = REPO / "deploy" / "rabbitmq" / "render-definitions.sh"
 ENV_EXAMPLE = read_env_file(REPO / ".env.example")
-BROKER_SERVICES = ("features", "model", "metric")
+BROKER_SERVICES = ("features", "model", "metric", "monitor")
 
 
 @pytest.fixture(scope="module")

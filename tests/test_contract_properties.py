@@ -20,6 +20,7 @@ from services.common.messages import Message, Rejected, encode_body
 from services.metric import handler as metric
 from services.model import handler as model
 from services.model.artifact import load, train
+from services.monitor import handler as monitor
 from tests.conftest import REPO
 from tools.contracts.compat import dereference
 
@@ -59,7 +60,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 
 def handle(message: Message, trained) -> None:
     """Run the consumer's handler; a reasoned rejection is fine, anything else is a crash."""
-    if message.type == "features":
+    if message.type == "metric_record":
+        monitor.event_of(message, 0.0, trained.feature_names)
+    elif message.type == "features":
         [out] = model.handle(message, trained)
         CONTRACTS.check_output(out.type, out.payload)
     else:
@@ -116,5 +119,5 @@ def test_examples_directory_is_what_the_properties_cover() -> None:
     assert {(t, v) for _, t, v in CONSUMED} == {
         (p.parts[-3], int(p.parts[-2][1:]))
         for p in Path(REPO / "contracts").glob("*/v*/schema.json")
-        if p.parts[-3] in ("features", "y_true", "y_pred")
+        if p.parts[-3] in ("features", "y_true", "y_pred", "metric_record")
     }

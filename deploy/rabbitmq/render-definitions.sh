@@ -5,7 +5,7 @@ set -eu
 
 template=${DEFINITIONS_TEMPLATE:-/etc/rabbitmq/modelwatch/definitions.json}
 target=${DEFINITIONS_TARGET:-/var/lib/rabbitmq/modelwatch-definitions.json}
-variables="FEATURES_BROKER_PASSWORD MODEL_BROKER_PASSWORD METRIC_BROKER_PASSWORD RABBITMQ_ADMIN_PASSWORD"
+variables="FEATURES_BROKER_PASSWORD MODEL_BROKER_PASSWORD METRIC_BROKER_PASSWORD MONITOR_BROKER_PASSWORD RABBITMQ_ADMIN_PASSWORD"
 
 script=""
 for name in $variables; do
