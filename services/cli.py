@@ -162,11 +162,12 @@ def _soak(rows: int, close_every: float) -> int:
     if _train(if_missing=True) != 0:
         return 2
     report = soak(rows, close_every, env_.path(os.environ, "MODEL_PATH", "models/model.json"))
-    memory = report.pop("metric_rss_mib")
+    memory = report.pop("rss_mib")
     print(json.dumps(report, indent=2))
-    if memory:
-        print(f"metric RSS MiB: first {memory[0]}, max {max(memory)}, last {memory[-1]} "
-              f"({len(memory)} samples)")  # fmt: skip
+    for name, samples in memory.items():
+        if samples:
+            print(f"{name} RSS MiB: first {samples[0]}, max {max(samples)}, last {samples[-1]} "
+                  f"({len(samples)} samples)")  # fmt: skip
     ok = verdict(report)
     print("accounting holds" if ok else "ACCOUNTING BROKEN")
     return 0 if ok else 1

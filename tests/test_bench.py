@@ -41,11 +41,14 @@ def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
     assert report["ratio_to_reference"]["median"] > 0
     paced = report["paced_200_rows_per_s"]
     assert 0 < paced["p50_ms"]["median"] <= paced["p99_ms"]["median"]
-    assert set(report["cpu_us_per_row"]) >= {"features", "model", "metric"}
+    assert set(report["cpu_us_per_row"]) >= {"features", "model", "metric", "monitor"}
+    assert report["ratio_to_reference_without_monitor"]["median"] > 0
+    assert "without the monitor" in done.stdout
     if broker.installation is not None:  # a broker on this machine: its VM's CPU is found too
         assert report["cpu_us_per_row"]["broker"]["median"] > 0
-    # Every span is exported, not sampled or dropped: 9 per row (3 in each service).
-    assert report["spans_per_row"]["median"] >= 9
+    # Every span is exported, not sampled or dropped: 12 per row (3 in each of features, model
+    # and metric, the metric's publish of the row, the monitor's two process spans).
+    assert report["spans_per_row"]["median"] >= 12
     assert "bare reference pipeline" in done.stdout and "p99 latency" in done.stdout
     assert set(report["otlp_encode_us_per_span"]) == {"sdk", "modelwatch"}
     assert "OTLP encoding per span" in done.stdout
@@ -67,3 +70,4 @@ def test_a_short_soak_keeps_the_accounting_while_connections_are_closed(
     assert report["connection_closes"] >= 1
     assert report["recorded"] == report["confirmed_distinct"] == 1500
     assert "accounting holds" in done.stdout
+    assert "monitor RSS MiB" in done.stdout

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from sklearn.datasets import load_diabetes
 
 from services.common.contracts import Contracts
 from services.common.messages import Message, Rejected
@@ -22,6 +19,7 @@ from services.monitor.settings import Judging
 from services.monitor.state import Event, State
 from services.monitor.store import Store, recent_alerts
 from tests.conftest import REPO
+from tools.bench.alarms import stream
 
 JUDGING = Judging(window_rows=500, window_s=600, min_rows=300)
 
@@ -30,29 +28,6 @@ JUDGING = Judging(window_rows=500, window_s=600, min_rows=300)
 def reference(model_path: Path) -> dict:
     model = load(model_path)
     return load_reference(reference_path(model_path), model.version, model.sha256)
-
-
-def stream(model_path: Path, rows: int, seed: int, drift: dict[int, float] | None = None,
-           after: int = 0, start: float = 1_000_000.0) -> list[Event]:  # fmt: skip
-    """What the features and metric services would send for `rows` random rows: both events
-    of each row, the features shifted by `drift` (column -> shift in std) from row `after` on."""
-    data = load_diabetes()
-    model = load(model_path)
-    rng = np.random.default_rng(seed)
-    stds = data.data.std(axis=0)
-    events = []
-    for n, row in enumerate(rng.integers(0, len(data.target), rows)):
-        values = data.data[row].copy()
-        for column, shift in (drift or {}).items():
-            if n >= after:
-                values[column] += shift * stds[column]
-        id_, now = str(uuid.UUID(int=int(rng.integers(2**62)), version=4)), start + n * 0.01
-        trace = f"{n + 1:032x}"
-        prediction = model.predict_row(list(values))
-        error = abs(data.target[row] - prediction)
-        events.append(Event("features", now, id_, trace, "", tuple(values)))
-        events.append(Event("predictions", now, id_, trace, model.version, (prediction, error)))
-    return events
 
 
 def run(state: State, events: list[Event], reference: dict, judging: Judging = JUDGING) -> list:

@@ -30,12 +30,20 @@ def run_pipeline(services: Services, env: dict[str, str], n: int, csv_path: Path
         assert services.stop(name) == 0, services.output(name)
 
 
-def test_each_emission_is_one_trace_through_features_model_and_metric(
+def test_each_emission_is_one_trace_through_features_model_metric_and_monitor(
     services: Services, service_env: dict, receiver: Receiver
 ) -> None:
     n = 20
     csv_path = Path(service_env["METRIC_LOG_PATH"])
-    run_pipeline(services, traced(receiver), n, csv_path)
+    env = traced(receiver)
+    services.start("monitor", **env)
+
+    def monitored() -> int:
+        return sum(s.name == "process metric_record" for s in receiver.snapshot())
+
+    run_pipeline(services, env, n, csv_path)
+    wait_until(lambda: monitored() >= n, 30, "the monitor to process every recorded row")
+    assert services.stop("monitor") == 0, services.output("monitor")
     rows = read_csv(csv_path)
     by_trace: dict[str, list[Span]] = defaultdict(list)
     for span in receiver.snapshot():
@@ -43,7 +51,7 @@ def test_each_emission_is_one_trace_through_features_model_and_metric(
 
     for row in rows:
         id_, spans = row["message_id"], by_trace[row["trace_id"]]
-        assert {s.service for s in spans} == {"features", "model", "metric"}, id_
+        assert {s.service for s in spans} == {"features", "model", "metric", "monitor"}, id_
         emit = one(spans, name="emit", service="features")
         assert emit.parent_id == "" and emit.kind == "INTERNAL"
         pub_features = one(spans, name="publish features", kind="PRODUCER")
@@ -65,6 +73,14 @@ def test_each_emission_is_one_trace_through_features_model_and_metric(
                                      (row["trace_id"], proc_y_pred.span_id)}  # fmt: skip
         assert record.attributes["modelwatch.absolute_error"] == pytest.approx(
             float(row["absolute_error"]))  # fmt: skip
+        # The durable row goes out as metric_record under its record span; the monitor takes
+        # both the features and the row inside the same trace.
+        pub_record = one(spans, name="publish metric_record", kind="PRODUCER", service="metric")
+        assert pub_record.parent_id == record.span_id
+        watch_features = one(spans, name="process features", service="monitor")
+        assert watch_features.parent_id == pub_features.span_id
+        watch_record = one(spans, name="process metric_record", service="monitor")
+        assert watch_record.parent_id == pub_record.span_id
         for span in spans:
             assert span.attributes.get(MESSAGE_ID) == id_, (span.name, span.attributes)
             assert not OLD_KEYS & set(span.attributes), span.name

@@ -201,6 +201,11 @@ class Contracts:
         """The fields of the version this service produces, in schema order (CSV columns)."""
         return list(self._schemas[type_, self.types[type_].produces]["properties"])
 
+    def routed(self, type_: str) -> bool:
+        """Whether a message of `type_` reaches any queue (a consumer's or its history)."""
+        mtype = self.types[type_]
+        return bool(mtype.history) or any(c.queue for c in mtype.consumers)
+
     def consumer(self, service: str, type_: str) -> Consumer:
         for consumer in self.types[type_].consumers:
             if consumer.service == service:

@@ -35,6 +35,7 @@ async def main(stop: asyncio.Event) -> None:
         AppendOnlyCsv(
             settings.orphan_log_path, contracts.columns("orphan_record"), "METRIC_ORPHAN_LOG_PATH"
         ),
+        publish=contracts.routed("metric_record"),
     )
     store.flush()  # writes the header of a new file
     log.info(
@@ -58,6 +59,8 @@ async def main(stop: asyncio.Event) -> None:
         return
     sweeper = broker.watch(sweep_forever(store, contracts, settings), "orphan sweep")
     outbox = broker.watch(publish_forever(store, broker, recorded), "metric_record outbox")
+    if not contracts.routed("metric_record"):
+        log.info("no queue takes metric_record in the catalog: rows are not published")
     try:
         await broker.run_until(stop)
     finally:

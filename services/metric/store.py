@@ -93,7 +93,9 @@ class AppendOnlyCsv:
 
 
 class Store:
-    def __init__(self, db_path: Path, metrics: AppendOnlyCsv, orphans: AppendOnlyCsv) -> None:
+    def __init__(
+        self, db_path: Path, metrics: AppendOnlyCsv, orphans: AppendOnlyCsv, publish: bool = True
+    ) -> None:
         self._db = sqlite3.connect(db_path, isolation_level="DEFERRED")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -113,6 +115,9 @@ class Store:
             "SELECT size FROM file_ends WHERE path = ?", (self._published_key,)
         ).fetchone()
         published = found[0] if found else metrics.size  # a log from before rows were published
+        self._publish = publish
+        if not publish:
+            published = metrics.size  # no queue takes metric_record: nothing to send, ever
         if metrics.size > published:
             rows = [(_typed(r), None) for r in metrics.rows_after(published)
                     if r["message_id"] != "message_id"]  # fmt: skip
@@ -176,9 +181,9 @@ class Store:
         self._set_end(self.metrics)
         self._set_end(self.orphans)
         self._commit()
-        if self._recorded:
+        if self._recorded and self._publish:
             self.outbox.append((self._recorded, self.metrics.size))
-            self._recorded = []
+        self._recorded = []
 
     def mark_published(self, end: int) -> None:
         """The rows up to `end` of the metrics CSV were confirmed as messages (saved with the

@@ -18,7 +18,9 @@ class Judging:
     window_s: float = 600.0
     min_rows: int = 300
     psi: float = 0.1  # Evidently's default PSI threshold
-    ks_pvalue: float = 0.05  # Evidently's default for a reference of up to 1,000 rows
+    # Evidently's test for a reference of up to 1,000 rows is KS at 0.05; an alert is judged on
+    # every column of every window, so a stricter level keeps false alarms rare (monitoring.md).
+    ks_pvalue: float = 0.01
     wasserstein: float = 0.1  # Evidently's default (normed) for a larger reference
     drift_share: float = 0.5  # Evidently's dataset drift: this share of the features drifted
     error_tolerance: float = 0.2  # error statistics may exceed the holdout's by this fraction

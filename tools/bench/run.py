@@ -9,6 +9,7 @@ Figures:
   every guarantee on and every span exported; again with 1% trace sampling; and for the bare
   reference pipeline (tools/bench/reference.py) in the same invocation, for the ratio;
 - p50/p99 emit-to-record latency with features paced at 200 rows/s;
+- the same without the monitor (a catalog copy without its queues), for what the monitor costs;
 - CPU per row for each service and for the broker (from /proc, over the measured window);
 - the metric service's resident memory at the start and the end of the full-speed run.
 Each figure is the median of the runs, with min and max.
@@ -21,6 +22,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -53,21 +55,40 @@ def rss_mib(pid: int) -> float:
 
 @dataclass
 class Pipeline:
-    """How to start one pipeline's three processes, and the queues its consumers read."""
+    """How to start one pipeline's processes, and the queues its consumers read."""
 
     name: str
     command: Callable[[str], list[str]]
     consumer_queues: tuple[str, ...]
+    consumers: tuple[str, ...] = ("metric", "model")  # started before features
 
 
+_CORE_QUEUES = ("model.features", "metric.y_true", "metric.y_pred")
 MODELWATCH = Pipeline(
     "modelwatch", lambda s: [sys.executable, "-m", f"services.{s}"],
-    ("model.features", "metric.y_true", "metric.y_pred"),
+    (*_CORE_QUEUES, "monitor.features", "monitor.metric_record"), ("metric", "model", "monitor"),
+)  # fmt: skip
+# The same services with a catalog that has no monitor (no monitor queues, no metric_record
+# publishes): what the monitor costs, in the same run.
+WITHOUT_MONITOR = Pipeline(
+    "modelwatch without the monitor", lambda s: [sys.executable, "-m", f"services.{s}"],
+    _CORE_QUEUES,
 )  # fmt: skip
 REFERENCE = Pipeline(
     "reference", lambda s: [sys.executable, "-m", "tools.bench.reference", s],
     ("ref.features", "ref.y_true", "ref.y_pred"),
 )  # fmt: skip
+
+
+def catalog_without_monitor(folder: Path, contracts: Path) -> Path:
+    """A copy of `contracts` in which nobody consumes for the monitor."""
+    copy = folder / "contracts"
+    shutil.copytree(contracts, copy, dirs_exist_ok=True)
+    catalog = json.loads((copy / "catalog.json").read_text())
+    for spec in catalog["types"].values():
+        spec["consumers"] = [c for c in spec["consumers"] if c["service"] != "monitor"]
+    (copy / "catalog.json").write_text(json.dumps(catalog))
+    return copy
 
 
 @dataclass
@@ -96,6 +117,7 @@ def _run(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str], 
         "METRIC_LOG_PATH": str(work / "metric_log.csv"),
         "METRIC_ORPHAN_LOG_PATH": str(work / "orphans.csv"),
         "METRIC_STATE_PATH": str(work / "metric_state.sqlite3"),
+        "MONITOR_STATE_PATH": str(work / "monitor_state.sqlite3"),
         "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
         "FEATURES_COUNT": str(rows),
         "FEATURES_INTERVAL_S": str(interval_s),
@@ -103,7 +125,7 @@ def _run(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str], 
     }  # fmt: skip
     procs: dict[str, subprocess.Popen] = {}
     try:
-        for name in ("metric", "model"):
+        for name in pipeline.consumers:
             procs[name] = _start(pipeline, name, env, work)
         _wait_for_consumers(target, vhost, pipeline.consumer_queues, procs, work)
         spans_before = sink.count
@@ -172,7 +194,7 @@ def _wait_for_consumers(target: Target, vhost: str, queues: tuple[str, ...], pro
 
 
 def _cpu(procs: dict[str, subprocess.Popen], broker: int | None) -> dict[str, float]:
-    found = {name: cpu_seconds(procs[name].pid) for name in ("metric", "model")}
+    found = {name: cpu_seconds(p.pid) for name, p in procs.items() if name != "features"}
     if broker:
         found["broker"] = cpu_seconds(broker)
     return found
@@ -264,17 +286,25 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
     }
     sampled = {**traced, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                "OTEL_TRACES_SAMPLER_ARG": "0.01"}  # fmt: skip
-    figures: dict[str, list[Result]] = {k: [] for k in ("full", "sampled", "reference", "paced")}
+    keys = ("full", "sampled", "reference", "paced", "without_monitor")
+    figures: dict[str, list[Result]] = {k: [] for k in keys}
     target = Target.from_env()
+    scratch = Path(tempfile.mkdtemp(prefix="modelwatch-bench-contracts-"))
+    contracts = Path(os.environ.get("CONTRACTS_DIR", Path(__file__).parents[2] / "contracts"))
+    bare = {**traced, "CONTRACTS_DIR": str(catalog_without_monitor(scratch, contracts))}
     try:
         for i in range(runs):
             print(f"run {i + 1}/{runs}", file=sys.stderr, flush=True)
             figures["reference"].append(run_once(REFERENCE, rows, 0, traced, sink, target))
             figures["full"].append(run_once(MODELWATCH, rows, 0, traced, sink, target))
+            figures["without_monitor"].append(
+                run_once(WITHOUT_MONITOR, rows, 0, bare, sink, target)
+            )
             figures["sampled"].append(run_once(MODELWATCH, rows, 0, sampled, sink, target))
             figures["paced"].append(run_once(MODELWATCH, latency_rows, 0.005, traced, sink, target))
     finally:
         sink.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     full, ref = figures["full"], figures["reference"]
     report = {
         "machine": machine(target),
@@ -286,6 +316,12 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
         "ratio_to_reference": summarize(
             [f.rows_per_s / r.rows_per_s for f, r in zip(full, ref, strict=True)]
         ),
+        "ratio_to_reference_without_monitor": summarize(
+            [
+                f.rows_per_s / r.rows_per_s
+                for f, r in zip(figures["without_monitor"], ref, strict=True)
+            ]
+        ),
         "paced_200_rows_per_s": {
             "rows": latency_rows,
             "p50_ms": summarize([r.p50_ms for r in figures["paced"]]),
@@ -293,7 +329,7 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
         },
         "cpu_us_per_row": {
             k: summarize([r.cpu_us_per_row[k] for r in full if k in r.cpu_us_per_row])
-            for k in ("features", "model", "metric", "broker")
+            for k in ("features", "model", "metric", "monitor", "broker")
             if any(k in r.cpu_us_per_row for r in full)
         },
         "spans_per_row": summarize([r.spans_per_row for r in full]),
@@ -319,6 +355,8 @@ def table(report: dict) -> str:
         f"rows/s, bare reference pipeline               {fmt(report['reference_rows_per_s'])}",
         f"ratio to the reference                        "
         f"{fmt(report['ratio_to_reference'], 'x', 2)}",
+        f"ratio to the reference without the monitor    "
+        f"{fmt(report['ratio_to_reference_without_monitor'], 'x', 2)}",
         f"p50 latency at 200 rows/s                     "
         f"{fmt(report['paced_200_rows_per_s']['p50_ms'], ' ms', 1)}",
         f"p99 latency at 200 rows/s                     "

@@ -36,17 +36,20 @@ def _soak(target: Target, vhost: str, rows: int, close_every_s: float, model_pat
            "METRIC_LOG_PATH": str(work / "metric_log.csv"),
            "METRIC_ORPHAN_LOG_PATH": str(work / "orphans.csv"),
            "METRIC_STATE_PATH": str(work / "metric_state.sqlite3"),
+           "MONITOR_STATE_PATH": str(work / "monitor_state.sqlite3"),
            "OTEL_TRACES_EXPORTER": "none", "LOG_LEVEL": "WARNING"}  # fmt: skip
     spy = Spy(url, "features", "soak.spy")
-    procs = {n: _start(n, env, work) for n in ("metric", "model")}
+    procs = {n: _start(n, env, work) for n in ("metric", "model", "monitor")}
     time.sleep(3)
     procs["features"] = _start("features", {**env, "FEATURES_COUNT": str(rows),
                                             "FEATURES_INTERVAL_S": "0"}, work)  # fmt: skip
-    started, closes, memory = time.monotonic(), 0, []
+    started, closes = time.monotonic(), 0
+    memory: dict[str, list[float]] = {"metric": [], "monitor": []}
     try:
         while procs["features"].poll() is None or _rows(work) < rows:
             time.sleep(close_every_s)
-            memory.append(round(rss_mib(procs["metric"].pid), 1))
+            for name, samples in memory.items():
+                samples.append(round(rss_mib(procs[name].pid), 1))
             closes += _close_connections(target, vhost)
             if time.monotonic() - started > 600 + rows / 50:
                 raise RuntimeError(f"soak did not finish; logs in {work}")
@@ -71,7 +74,7 @@ def _soak(target: Target, vhost: str, rows: int, close_every_s: float, model_pat
         "rows_never_confirmed": len(set(recorded) - set(confirmed)),
         "dead_lettered": sum(v for k, v in depths.items() if k.endswith(".dlq")),
         "orphaned": max(_count_lines(work / "orphans.csv") - 1, 0),
-        "metric_rss_mib": memory,
+        "rss_mib": memory,
         "logs": str(work),
     }
 
