@@ -44,22 +44,32 @@ def distribution(values: Sequence[float], bins: int = BINS, max_sample: int = MA
     }
 
 
-# Evidently's stattests: an empty bin counts as this share in PSI; a reference std below this
-# floor norms the Wasserstein distance by the floor instead (a constant reference column).
+# Evidently's PSI (its legacy stattests' get_binned_data, read at 0.7.23) keeps non-zero shares
+# and fills a share of exactly 0 with 0.0001 - or with a millionth of the smallest non-zero share
+# when that is 0.0001 or less - so that ln() stays finite.
 EMPTY_BIN = 0.0001
+# Evidently's normed Wasserstein divides by max(reference std, 0.001): a constant reference column
+# is normed by the floor instead of dividing by zero.
 STD_FLOOR = 0.001
 
 
 def psi(reference: dict, current: Any) -> float:
-    """Population Stability Index of `current` over the reference's bins."""
+    """Population Stability Index of `current` over the reference's bins: the sum over bins of
+    (current share - reference share) * ln(current share / reference share), with empty bins
+    filled as Evidently fills them (`EMPTY_BIN`) and bins empty on both sides left out."""
     values = _as_array(current)
-    counts = np.bincount(
-        np.searchsorted(reference["edges"], values, side="right"),
-        minlength=len(reference["proportions"]),
-    )
-    now = np.maximum(counts / values.size, EMPTY_BIN)
-    then = np.maximum(np.asarray(reference["proportions"]), EMPTY_BIN)
+    bins = np.searchsorted(reference["edges"], values, side="right")
+    now = np.bincount(bins, minlength=len(reference["proportions"])) / values.size
+    then = np.asarray(reference["proportions"], dtype=float)
+    # A bin empty on both sides says nothing; with unequal fills it would still add a little.
+    used = (now > 0) | (then > 0)
+    now, then = _fill_empty(now)[used], _fill_empty(then)[used]
     return float(np.sum((now - then) * np.log(now / then)))
+
+
+def _fill_empty(shares: np.ndarray) -> np.ndarray:
+    smallest = shares[shares > 0].min()
+    return np.where(shares == 0, smallest / 1e6 if smallest <= EMPTY_BIN else EMPTY_BIN, shares)
 
 
 def _cdfs(reference: dict, current: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,8 +83,9 @@ def _cdfs(reference: dict, current: Any) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def wasserstein_normed(reference: dict, current: Any) -> float:
-    """The 1-Wasserstein distance to the reference sample, in reference standard deviations
-    (Evidently's normed Wasserstein)."""
+    """The 1-Wasserstein distance between `current` and the reference sample (the area between
+    their empirical CDFs), divided by the reference std floored at `STD_FLOOR`: Evidently's
+    "wasserstein" stattest."""
     ref_cdf, cur_cdf, gaps = _cdfs(reference, current)
     distance = float(np.sum(np.abs(ref_cdf[:-1] - cur_cdf[:-1]) * gaps))
     return distance / max(reference["std"], STD_FLOOR)
@@ -83,39 +94,49 @@ def wasserstein_normed(reference: dict, current: Any) -> float:
 def ks(reference: dict, current: Any) -> tuple[float, float]:
     """Two-sample Kolmogorov-Smirnov statistic and its two-sided p-value.
 
-    The p-value is the asymptotic one (scipy's ks_2samp with method="asymp"): constant cost
-    whatever the sizes. scipy's default for samples this small is the exact one; where the
-    decision is made (p between 0.01 and 0.2) the two differ by a few percent (tests check it).
+    The p-value is the asymptotic one, as scipy's ks_2samp(method="asymp") computes it, with the
+    reference's full size `n` (which a capped sample stands for). scipy's default below 10,000
+    values is the exact p-value, which costs up to 5 ms for 5000 x 500 values (x 11 columns per
+    window); where decisions are made (p from 0.01 to 0.2) the two differ by a few percent
+    (tests/test_monitor_stats.py bounds it).
     """
     ref_cdf, cur_cdf, _ = _cdfs(reference, current)
     statistic = float(np.max(np.abs(ref_cdf - cur_cdf)))
-    n, m = len(reference["sample"]), np.size(current)
+    n, m = reference["n"], np.size(current)
     pvalue = float(kstwo.sf(statistic, round(n * m / (n + m))))
     return statistic, min(max(pvalue, 0.0), 1.0)
 
 
 def error_summary(absolute_errors: Any) -> dict[str, float]:
+    """Mean, root mean square and the 50th, 90th and 99th percentiles (numpy's default linear
+    quantiles) of the absolute errors."""
     errors = _as_array(absolute_errors)
     p50, p90, p99 = np.quantile(errors, [0.5, 0.9, 0.99])
-    return {"mae": float(errors.mean()), "rmse": float(np.sqrt(np.mean(errors**2))),
-            "p50": float(p50), "p90": float(p90), "p99": float(p99)}  # fmt: skip
+    rmse = np.sqrt(np.mean(errors**2))
+    return {"mae": float(errors.mean()), "rmse": float(rmse), "p50": float(p50),
+            "p90": float(p90), "p99": float(p99)}  # fmt: skip
 
 
 class PageHinkley:
-    """The Page-Hinkley change detector, as river.drift.PageHinkley computes it (tests compare
-    them value by value), with its state as a dict so it survives a restart.
+    """The Page-Hinkley change detector with river.drift.PageHinkley's parameters and arithmetic
+    (tests compare their detections value by value), its state a JSON-able dict.
 
-    The monitor feeds it each row's absolute error divided by the holdout MAE (about 1, standard
-    deviation about 0.8 without a change) and looks for increases only. With delta 0.1 (a rise
-    below a tenth of the holdout MAE is tolerated) and threshold 50, the cumulated excess must
-    reach 50 holdout MAEs: a rise of 40% fires after about 170 rows, and noise alone essentially
-    never does (docs/monitoring.md has the measured rates).
+    The monitor feeds it each row's absolute error divided by the holdout MAE (mean about 1,
+    standard deviation about 0.8 without a change) and looks for increases. Defaults:
+    - delta 0.1: rises below a tenth of the holdout MAE are tolerated;
+    - threshold 50: the excess must add up to 50 holdout MAEs; a 40% rise fires after
+      ~160 rows (median; 90% within ~220, the slowest of 50 runs ~340);
+    - alpha 1 (no forgetting), not river's 0.9999: river fades the cumulated sum but not its
+      minimum, so once the faded sum has levelled off (~10,000 rows) noise alone fires about
+      0.4 times per 10,000 rows. With alpha 1, no false alarm in 50 x 10,000 half-normal
+      values (0 in 20 x 100,000), 1 in 50 x 10,000 for exponential errors (sd 1).
+    (Measured for tests/test_monitor_stats.py, which asserts looser bounds.)
     """
 
     FIELDS = ("n", "mean", "sum_up", "sum_down", "min_up", "max_down", "detected")
 
     def __init__(self, min_instances: int = 30, delta: float = 0.1, threshold: float = 50.0,
-                 alpha: float = 1 - 0.0001, mode: str = "up") -> None:  # fmt: skip
+                 alpha: float = 1.0, mode: str = "up") -> None:  # fmt: skip
         if mode not in ("up", "down", "both"):
             raise ValueError(f"mode must be up, down or both, not {mode!r}")
         self.params = {"min_instances": min_instances, "delta": delta, "threshold": threshold,
@@ -133,7 +154,8 @@ class PageHinkley:
         if self.detected:
             self._reset()
         self.n += 1
-        self.mean += (x - self.mean) / self.n
+        # (1 / n) * (x - mean), not (x - mean) / n: river's rounding, so detections agree exactly.
+        self.mean += (1.0 / self.n) * (x - self.mean)
         deviation = x - self.mean
         self.sum_up = p["alpha"] * self.sum_up + deviation - p["delta"]
         self.sum_down = p["alpha"] * self.sum_down + deviation + p["delta"]
@@ -146,20 +168,25 @@ class PageHinkley:
         return self.detected
 
     def to_dict(self) -> dict:
-        # inf is not JSON: a detector that has seen no value keeps min_up as None.
+        """Parameters and state as JSON-able values (`from_dict` restores them)."""
         state = {f: getattr(self, f) for f in self.FIELDS}
+        # inf is not JSON: a detector that has seen no value keeps min_up as None.
         state["min_up"] = None if self.min_up == float("inf") else self.min_up
-        return {"params": self.params, "state": state}
+        return {"params": dict(self.params), "state": state}
 
     @classmethod
     def from_dict(cls, data: dict) -> PageHinkley:
+        """The detector `to_dict` described, continuing exactly where it stopped."""
         detector = cls(**data["params"])
-        for field, value in data["state"].items():
-            setattr(detector, field, value)
+        for field in cls.FIELDS:
+            setattr(detector, field, data["state"][field])
         if detector.min_up is None:
             detector.min_up = float("inf")
         return detector
 
 
 def _as_array(values: Any) -> np.ndarray:
-    return np.asarray(values, dtype=float)
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        raise ValueError("a window needs at least one value")
+    return array
