@@ -44,6 +44,7 @@ SHAPE = {
     "process y_true": ("metric", "CONSUMER", "y_true send"),
     "process y_pred": ("metric", "CONSUMER", "publish y_pred"),
     "record error": ("metric", "INTERNAL", ("process y_true", "process y_pred")),
+    "publish metric_record": ("metric", "PRODUCER", "record error"),
 }
 
 

@@ -12,7 +12,7 @@ from services.common.contracts import Contracts
 from services.common.runtime import run
 from services.common.settings import environ
 from services.metric.join import on_half, sweep
-from services.metric.outbox import publish_forever
+from services.metric.outbox import drained, publish_forever
 from services.metric.settings import Settings
 from services.metric.store import AppendOnlyCsv, Store
 
@@ -54,6 +54,7 @@ async def main(stop: asyncio.Event) -> None:
             recorded.set()
 
     broker.on_flush(flush)
+    broker.on_stop(lambda: drained(store))
     if not await broker.start(stop):
         store.close()
         return

@@ -32,6 +32,12 @@ async def publish_forever(store: Store, broker: Broker, ready: asyncio.Event) ->
             store.mark_published(end)
 
 
+async def drained(store: Store) -> None:
+    """Return once every flushed row is confirmed (the broker awaits this on a clean stop)."""
+    while store.outbox:
+        await asyncio.sleep(0.02)
+
+
 async def _publish(broker: Broker, row: dict, span: Any) -> None:
     # Each row goes out in its own trace (under its "record error" span) where it has one.
     token = None

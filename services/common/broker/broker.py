@@ -57,6 +57,7 @@ class Broker:
         self._link.on_lost(self._consumers.settler.lost)
         self._link.on_lost(self._publisher.lost)
         self._watchdog: asyncio.Task[None] | None = None
+        self._drains: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     def consume(
         self, type_: str, handler: Handler, span: str = "", span_attributes: dict | None = None
@@ -75,6 +76,11 @@ class Broker:
     def on_flush(self, flush: Callable[[], None]) -> None:
         """Make handler effects durable in batches: `flush` runs before inputs are acknowledged."""
         self._consumers.settler.on_flush(flush)
+
+    def on_stop(self, drain: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """On a clean stop, await `drain` after the last inputs settled and before the
+        connection closes (within the stop's timeout): publishes it still owes go out."""
+        self._drains.append(drain)
 
     async def publish(self, *outs: Outgoing) -> None:
         """Publish `outs` and return once the broker confirmed every one (see Publisher)."""
@@ -123,6 +129,13 @@ class Broker:
         acks, confirms = self._consumers.settler.acks, self._publisher.confirms
         deadline = time.monotonic() + timeout
         while (acks.unsettled or confirms) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for drain in self._drains:
+            try:
+                await asyncio.wait_for(drain(), timeout=max(deadline - time.monotonic(), 0.1))
+            except TimeoutError:
+                log.warning("stopping before a drain finished; the rest goes after a restart")
+        while confirms and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         if acks.unsettled or confirms:
             log.warning(
