@@ -152,3 +152,17 @@ def test_a_failed_commit_keeps_the_work_for_the_next_flush(
     monitor.store.flush()
     again = Monitor(Store(path), reference, JUDGING)
     assert again.state.to_dict() == monitor.state.to_dict()
+
+
+def test_rows_of_a_model_without_reference_are_reported_never_judged(
+    model_path: Path, reference: dict
+) -> None:
+    state = State()
+    other = [replace(e, model_version="linreg-000000000000") if e.kind == "predictions" else e
+             for e in stream(model_path, 600, seed=9, drift={2: 3.0})]  # fmt: skip
+    out = run(state, [e for e in other if e.kind == "predictions"], reference)
+    [report] = [o.payload for o in out]
+    assert report["model_version"] == "linreg-000000000000" and not report["judged"]
+    assert {s["statistic"] for s in report["statistics"]} == {"mae", "rmse", "p90_error"}
+    assert all(s["threshold"] is None for s in report["statistics"])
+    assert state.open_alerts == {} and state.detectors == {}

@@ -21,6 +21,7 @@ class Monitor:
         self.reference = reference
         self.judging = judging
         self.features = tuple(reference["features"])
+        self._unreferenced: set[str] = set()
         snapshot, events = store.load()
         self.state = State.from_dict(snapshot) if snapshot else State()
         for event in events:  # what was applied after the snapshot; its outputs went out then
@@ -41,6 +42,18 @@ class Monitor:
         return self._apply(Event("tick", time.time()))
 
     def _apply(self, event: Event) -> list[Outgoing]:
+        version = event.model_version
+        if (
+            version
+            and version != self.reference["model_version"]
+            and version not in self._unreferenced
+        ):
+            self._unreferenced.add(version)
+            log.warning(
+                "rows from model %s, which the reference is not for (%s): reported, never judged",
+                version,
+                self.reference["model_version"],
+            )
         out = handler.apply(self.state, event, self.reference, self.judging)
         if any(o.type == "window_report" for o in out):
             self.store.snapshot(self.state.to_dict())

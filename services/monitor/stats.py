@@ -121,16 +121,13 @@ class PageHinkley:
     """The Page-Hinkley change detector with river.drift.PageHinkley's parameters and arithmetic
     (tests compare their detections value by value), its state a JSON-able dict.
 
-    The monitor feeds it each row's absolute error divided by the holdout MAE (mean about 1,
-    standard deviation about 0.8 without a change) and looks for increases. Defaults:
+    The monitor feeds it each row's absolute error divided by the holdout MAE (mean about 1
+    without a change) and looks for increases. Defaults:
     - delta 0.1: rises below a tenth of the holdout MAE are tolerated;
-    - threshold 50: the excess must add up to 50 holdout MAEs; a 40% rise fires after
-      ~160 rows (median; 90% within ~220, the slowest of 50 runs ~340);
+    - threshold 50: the excess must add up to 50 holdout MAEs;
     - alpha 1 (no forgetting), not river's 0.9999: river fades the cumulated sum but not its
-      minimum, so once the faded sum has levelled off (~10,000 rows) noise alone fires about
-      0.4 times per 10,000 rows. With alpha 1, no false alarm in 50 x 10,000 half-normal
-      values (0 in 20 x 100,000), 1 in 50 x 10,000 for exponential errors (sd 1).
-    (Measured for tests/test_monitor_stats.py, which asserts looser bounds.)
+      minimum, so once the faded sum has levelled off noise alone starts to fire.
+    Detection delays and false-alarm rates are in docs/benchmark.md (the monitor).
     """
 
     FIELDS = ("n", "mean", "sum_up", "sum_down", "min_up", "max_down", "detected")
