@@ -103,14 +103,11 @@ def _detect_change(
     state: State, window: Window, event: Event, reference: dict, judging: Judging
 ) -> list[Outgoing]:
     version = window.model_version
-    detector = (
-        PageHinkley.from_dict(state.detectors[version])
-        if version in state.detectors
-        else PageHinkley(delta=judging.change_delta, threshold=judging.change_threshold)
-    )
-    fired = detector.update(event.values[1] / reference["holdout_error"]["mae"])
-    state.detectors[version] = detector.to_dict()
-    if not fired:
+    detector = state.detectors.get(version)
+    if detector is None:
+        detector = PageHinkley(delta=judging.change_delta, threshold=judging.change_threshold)
+        state.detectors[version] = detector
+    if not detector.update(event.values[1] / reference["holdout_error"]["mae"]):
         return []
     window.changes += 1
     return alerts.change(state.open_alerts, window, window_of(window, event.now, "open"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from services.monitor.stats import PageHinkley
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -60,7 +62,7 @@ class State:
     # Ids of each stream's last closed window: a redelivery of one of them is not counted twice.
     previous_ids: dict[str, list[str]] = field(default_factory=dict)
     open_alerts: dict[str, dict] = field(default_factory=dict)  # alert name -> its firing message
-    detectors: dict[str, dict] = field(default_factory=dict)  # model version -> detector state
+    detectors: dict[str, PageHinkley] = field(default_factory=dict)  # model version -> detector
     _seen: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
     def seen(self, key: str, id_: str) -> bool:
@@ -87,7 +89,7 @@ class State:
             "next_index": self.next_index,
             "previous_ids": self.previous_ids,
             "open_alerts": self.open_alerts,
-            "detectors": self.detectors,
+            "detectors": {k: d.to_dict() for k, d in self.detectors.items()},
         }
 
     @classmethod
@@ -97,5 +99,5 @@ class State:
             next_index=dict(data["next_index"]),
             previous_ids={k: list(v) for k, v in data["previous_ids"].items()},
             open_alerts=dict(data["open_alerts"]),
-            detectors=dict(data["detectors"]),
+            detectors={k: PageHinkley.from_dict(d) for k, d in data["detectors"].items()},
         )

@@ -53,6 +53,35 @@ def fired(state: State, events: list[Event], reference: dict, judging: Judging) 
     return [o.payload for o in out if o.type == "alert" and o.payload["state"] == "firing"]
 
 
+def spreads(reference: dict, model_path: Path, trials: int = 300) -> None:
+    """Why MONITOR_MIN_ROWS and MONITOR_ERROR_TOLERANCE: PSI of undrifted windows by size, and
+    the error of windows over the holdout's with and without a shift."""
+    from services.monitor import stats
+
+    data, model = load_diabetes(), load(model_path)
+    rng = np.random.default_rng(0)
+    for size in (100, 200, 500):
+        values = [stats.psi(reference["features"][name], data.data[rows, j])
+                  for _ in range(trials) for rows in [rng.integers(0, len(data.target), size)]
+                  for j, name in enumerate(reference["features"])]  # fmt: skip
+        print(f"PSI of undrifted {size}-row windows: {np.mean(np.array(values) > 0.1):.1%} "
+              f"over 0.1 ({len(values)} column-windows)")  # fmt: skip
+    holdout = reference["holdout_error"]
+    for shift in (0.0, 2.0):
+        ratios = []
+        for _ in range(500):
+            rows = rng.integers(0, len(data.target), 500)
+            x = data.data[rows].copy()
+            x[:, 2] += shift * data.data[:, 2].std()
+            s = stats.error_summary(np.abs(data.target[rows] - model.estimator.predict(x)))
+            ratios.append([s["mae"] / holdout["mae"], s["rmse"] / holdout["rmse"],
+                           s["p90"] / holdout["p90"]])  # fmt: skip
+        q = np.percentile(ratios, 99 if shift == 0 else 1, axis=0)
+        print(f"bmi shifted {shift:g} std: window MAE/RMSE/p90 over the holdout's, "
+              f"{'99th' if shift == 0 else '1st'} percentile of 500 windows: "
+              f"{' / '.join(f'{v:.2f}' for v in q)}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=40)
@@ -71,6 +100,7 @@ def main() -> None:
             kinds.update(f"{a['statistic']}/{a['feature'] or '-'}" for a in alerts)
         print(f"{name}: no drift, {runs_with_alert} of {args.seeds} runs of {args.rows} rows "
               f"raised an alert: {dict(kinds) or 'none'}")  # fmt: skip
+    spreads(reference, model_path)
     bmi = list(reference["features"]).index("bmi")
     windows, followers = Counter(), Counter()
     for seed in range(10):
