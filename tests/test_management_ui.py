@@ -111,7 +111,9 @@ def test_a_person_reads_a_dead_letters_reason_in_the_ui_and_a_service_user_is_re
         assert exchanges[name]["Type"] == "fanout", name
 
     queues = {row["Name"]: row for row in seen["queues"]}
-    assert set(queues) == {n for q in topology.queues for n in (q.name, q.dlq)}
+    histories = {h.queue for h in topology.histories}
+    assert set(queues) == {n for q in topology.queues for n in (q.name, q.dlq)} | histories
+    assert {queues[h]["Type"] for h in histories} == {"stream"}
     for queue in topology.queues:
         features = queues[queue.name]["Features titles"]
         assert f"x-dead-letter-exchange: {topology.dead_letter_exchange}" in features
