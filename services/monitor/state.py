@@ -6,7 +6,7 @@ start-up; the rows applied since the last save are replayed from the store's jou
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from services.monitor.stats import PageHinkley
 
@@ -51,6 +51,9 @@ class Window:
         return window_key(self.stream, self.model_version)
 
 
+_WINDOW_FIELDS = tuple(f.name for f in fields(Window))
+
+
 def window_key(stream: str, model_version: str) -> str:
     return stream if stream == "features" else f"{stream}:{model_version}"
 
@@ -85,7 +88,10 @@ class State:
 
     def to_dict(self) -> dict:
         return {
-            "windows": {k: asdict(w) for k, w in self.windows.items()},
+            # Not dataclasses.asdict, which deep-copies every row: a snapshot is serialised at once.
+            "windows": {
+                k: {f: getattr(w, f) for f in _WINDOW_FIELDS} for k, w in self.windows.items()
+            },  # fmt: skip
             "next_index": self.next_index,
             "previous_ids": self.previous_ids,
             "open_alerts": self.open_alerts,

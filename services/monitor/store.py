@@ -3,7 +3,8 @@
 One SQLite file (MONITOR_STATE_PATH, WAL, `synchronous=FULL`):
 - `snapshot`: the whole state, saved when a window closes (a window holds at most
   MONITOR_WINDOW_ROWS rows, so the snapshot stays small);
-- `journal`: every event applied since that snapshot, replayed on start-up;
+- `journal`: every event applied since that snapshot, one row (a JSON array) per flush, replayed
+  on start-up;
 - `alerts`: every alert sent, for `modelwatch alerts`.
 
 `flush` commits what was applied since the last one; the broker acknowledges the inputs after it
@@ -17,11 +18,15 @@ import json
 import sqlite3
 from pathlib import Path
 
+import orjson
+
 from services.monitor.state import Event
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY  # detector state computed with numpy may hold its floats
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshot (k INTEGER PRIMARY KEY CHECK (k = 1), state TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, events BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY, alert TEXT NOT NULL, state TEXT NOT NULL, emitted_at TEXT NOT NULL,
     body TEXT NOT NULL
@@ -38,16 +43,17 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._db.commit()
-        self._snapshot: str | None = None
+        self._snapshot: bytes | None = None
         self._events: list[Event] = []
         self._alerts: list[dict] = []
 
     def load(self) -> tuple[dict | None, list[Event]]:
         """The last snapshot and the events journaled after it."""
         row = self._db.execute("SELECT state FROM snapshot").fetchone()
-        events = [Event.from_list(json.loads(e)) for (e,) in
-                  self._db.execute("SELECT event FROM journal ORDER BY seq")]  # fmt: skip
-        return (json.loads(row[0]) if row else None), events
+        events = [Event.from_list(e) for (batch,) in
+                  self._db.execute("SELECT events FROM journal ORDER BY seq")
+                  for e in orjson.loads(batch)]  # fmt: skip
+        return (orjson.loads(row[0]) if row else None), events
 
     def append(self, event: Event) -> None:
         self._events.append(event)
@@ -55,7 +61,7 @@ class Store:
     def snapshot(self, state: dict) -> None:
         """`state` includes every event so far: they need no journal. Serialised now: the state
         changes on with the next event."""
-        self._snapshot = json.dumps(state)
+        self._snapshot = orjson.dumps(state, option=_NUMPY)
         self._events.clear()
 
     def alert(self, payload: dict) -> None:
@@ -69,8 +75,9 @@ class Store:
                 self._db.execute("DELETE FROM journal")
                 self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?)",
                                  (self._snapshot,))  # fmt: skip
-            self._db.executemany("INSERT INTO journal (event) VALUES (?)",
-                                 [(json.dumps(e.to_list()),) for e in self._events])  # fmt: skip
+            if self._events:
+                batch = orjson.dumps([e.to_list() for e in self._events], option=_NUMPY)
+                self._db.execute("INSERT INTO journal (events) VALUES (?)", (batch,))
             self._db.executemany(
                 "INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?, ?)",
                 [(a["id"], a["alert"], a["state"], a["emitted_at"], json.dumps(a))
