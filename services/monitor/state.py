@@ -91,7 +91,7 @@ class State:
             # Not dataclasses.asdict, which deep-copies every row: a snapshot is serialised at once.
             "windows": {
                 k: {f: getattr(w, f) for f in _WINDOW_FIELDS} for k, w in self.windows.items()
-            },  # fmt: skip
+            },
             "next_index": self.next_index,
             "previous_ids": self.previous_ids,
             "open_alerts": self.open_alerts,
