@@ -22,7 +22,7 @@ from typing import Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
 
 from observability import attributes as attr
 from observability.tracing import tracer
@@ -48,17 +48,20 @@ _GETTER = _HeaderGetter()
 
 @contextlib.contextmanager
 def publishing(
-    exchange: str, routing_key: str, message_id: str, headers: dict[str, Any], server: tuple
-) -> Iterator[Span]:
-    """A PRODUCER span around one publish; its context is written into `headers`."""
+    exchange: str, routing_key: str, message_id: str, headers: dict[str, Any], server: tuple,
+    parent: SpanContext | None = None,
+) -> Iterator[Span]:  # fmt: skip
+    """A PRODUCER span around one publish; its context is written into `headers`. Its parent is
+    the current span, or `parent` when given (a message published later than its cause)."""
     attributes = _common(exchange, message_id, server, "publish", "send")
     if routing_key:  # only dead letters have one: the queue they came from
         attributes[attr.MESSAGING_ROUTING_KEY] = routing_key
     # Not made current: nothing happens inside it but the publish, and attaching a context to
     # the task and detaching it again was a sizeable share of the span's cost (docs/benchmark.md).
     span = tracer(SCOPE).start_span(
-        f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes
-    )
+        f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes,
+        context=trace.set_span_in_context(NonRecordingSpan(parent)) if parent else None,
+    )  # fmt: skip
     try:
         propagate.inject(headers, context=trace.set_span_in_context(span))
         yield span

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext
+from opentelemetry.trace import SpanContext
 
 from services.common.broker import Broker
 from services.common.messages import Outgoing
@@ -27,7 +25,11 @@ async def publish_forever(store: Store, broker: Broker, ready: asyncio.Event) ->
         ready.clear()
         while store.outbox:
             rows, end = store.outbox[0]
-            await asyncio.gather(*(_publish(broker, row, ctx) for row, ctx in rows))
+            # One publish for the batch (one network write), each row in its own trace.
+            await broker.publish(
+                *(Outgoing("metric_record", row) for row, _ in rows),
+                parents=[_valid(span) for _, span in rows],
+            )
             store.outbox.popleft()
             store.mark_published(end)
 
@@ -38,13 +40,5 @@ async def drained(store: Store) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _publish(broker: Broker, row: dict, span: Any) -> None:
-    # Each row goes out in its own trace (under its "record error" span) where it has one.
-    token = None
-    if isinstance(span, SpanContext) and span.is_valid:
-        token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(span)))
-    try:
-        await broker.publish(Outgoing("metric_record", row))
-    finally:
-        if token is not None:
-            otel_context.detach(token)
+def _valid(span: Any) -> SpanContext | None:
+    return span if isinstance(span, SpanContext) and span.is_valid else None

@@ -61,12 +61,16 @@ class Pipeline:
     command: Callable[[str], list[str]]
     consumer_queues: tuple[str, ...]
     consumers: tuple[str, ...] = ("metric", "model")  # started before features
+    # Queues read after the row is recorded (the monitor's): the run's CPU is taken once they are
+    # empty, so every row's work is counted.
+    lagging: tuple[str, ...] = ()
 
 
 _CORE_QUEUES = ("model.features", "metric.y_true", "metric.y_pred")
 MODELWATCH = Pipeline(
     "modelwatch", lambda s: [sys.executable, "-m", f"services.{s}"],
     (*_CORE_QUEUES, "monitor.features", "monitor.metric_record"), ("metric", "model", "monitor"),
+    ("monitor.features", "monitor.metric_record"),
 )  # fmt: skip
 # The same services with a catalog that has no monitor (no monitor queues, no metric_record
 # publishes): what the monitor costs, in the same run.
@@ -143,6 +147,7 @@ def _run(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str], 
             if failed or time.monotonic() > deadline:
                 raise RuntimeError(f"{pipeline.name}: rows stopped arriving; logs in {work}")
             time.sleep(0.05)
+        _wait_until_consumed(target, vhost, pipeline.lagging, work)
         cpu_end = _cpu(procs, broker)
         cpu_start["features"], cpu_end["features"], measured_rows = emitter.window(rows)
         rss_end = rss_mib(procs["metric"].pid)
@@ -191,6 +196,19 @@ def _wait_for_consumers(target: Target, vhost: str, queues: tuple[str, ...], pro
             raise RuntimeError(f"a consumer exited before it was ready; see the logs in {work}")
         time.sleep(0.1)
     raise RuntimeError(f"consumers of {queues} did not appear in 60 s")
+
+
+def _wait_until_consumed(target: Target, vhost: str, queues: tuple[str, ...], work: Path) -> None:
+    deadline = time.monotonic() + 120
+    while queues and time.monotonic() < deadline:
+        listing = target.rabbitmqctl("list_queues", "-p", vhost, "name", "messages")
+        depth = {line.split("\t")[0]: line.split("\t")[1] for line in listing.splitlines()
+                 if line.count("\t") == 1}  # fmt: skip
+        if all(depth.get(q) == "0" for q in queues):
+            return
+        time.sleep(0.2)
+    if queues:
+        raise RuntimeError(f"{queues} were not consumed within 120 s; logs in {work}")
 
 
 def _cpu(procs: dict[str, subprocess.Popen], broker: int | None) -> dict[str, float]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from opentelemetry.trace import SpanContext
 from pika.channel import Channel
 from pika.exceptions import ChannelClosedByBroker
 
@@ -82,9 +83,12 @@ class Broker:
         connection closes (within the stop's timeout): publishes it still owes go out."""
         self._drains.append(drain)
 
-    async def publish(self, *outs: Outgoing) -> None:
-        """Publish `outs` and return once the broker confirmed every one (see Publisher)."""
-        await self._publisher.publish(*outs)
+    async def publish(
+        self, *outs: Outgoing, parents: Sequence[SpanContext | None] | None = None
+    ) -> None:
+        """Publish `outs` and return once the broker confirmed every one (see Publisher); with
+        `parents`, each one's PRODUCER span is a child of its own parent span."""
+        await self._publisher.publish(*outs, parents=parents)
 
     async def start(self, stop: asyncio.Event) -> bool:
         """Connect, declare the topology and start consuming; False if `stop` came first.

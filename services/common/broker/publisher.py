@@ -13,9 +13,11 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pika
+from opentelemetry.trace import SpanContext
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
@@ -80,30 +82,37 @@ class Publisher:
         )
         return out.type, body, props
 
-    def send_prepared(self, prepared: Prepared, on_done: Confirmed) -> None:
+    def send_prepared(
+        self, prepared: Prepared, on_done: Confirmed, parent: SpanContext | None = None
+    ) -> None:
         exchange, body, props = prepared
-        self.send(exchange, "", body, props, on_done)
+        self.send(exchange, "", body, props, on_done, parent)
 
     def send(
-        self, exchange: str, key: str, body: bytes, props: BasicProperties, on_done: Confirmed
-    ) -> None:
+        self, exchange: str, key: str, body: bytes, props: BasicProperties, on_done: Confirmed,
+        parent: SpanContext | None = None,
+    ) -> None:  # fmt: skip
         """Publish now; `on_done(ok, why)` hears the broker's answer (or that it cannot come)."""
         chan = self._link.channel
         if chan is None or not chan.is_open:
             on_done(False, "not connected")
             return
         # Trace context rides in the AMQP headers, written inside the PRODUCER span.
-        with publishing(exchange, key, props.message_id or "", props.headers, self._link.server):
+        server = self._link.server
+        with publishing(exchange, key, props.message_id or "", props.headers, server, parent):
             chan.basic_publish(exchange, key, body, props, mandatory=True)
         self.confirms.sent(exchange, props.message_id or "", on_done)
 
-    async def publish(self, *outs: Outgoing) -> None:
+    async def publish(
+        self, *outs: Outgoing, parents: Sequence[SpanContext | None] | None = None
+    ) -> None:
         """Publish `outs`; return once the broker confirmed every one, resending any that failed.
 
         They go out together, so one emission's messages share a network write and a confirm.
+        Each PRODUCER span is a child of the current span, or of `parents[i]` for `outs[i]`.
         Raises MessageTooLarge (nothing of that attempt sent) for a body over the broker's limit.
         """
-        pending = list(outs)
+        pending = list(zip(outs, parents or [None] * len(outs), strict=True))
         delay = 0.1
         while pending:
             await self._link.ready.wait()
@@ -118,18 +127,18 @@ class Publisher:
                 if len(results) == wanted and not answered.done():
                     answered.set_result(None)
 
-            prepared = [self.prepare(out) for out in pending]
+            prepared = [self.prepare(out) for out, _ in pending]
             for index, message in enumerate(prepared):
-                self.send_prepared(message, functools.partial(done, index))
+                self.send_prepared(message, functools.partial(done, index), pending[index][1])
             await answered
             failed = [(pending[i], why) for i, (ok, why) in sorted(results.items()) if not ok]
-            for out, why_not in failed:
+            for (out, _), why_not in failed:
                 log.warning("publish of %s %s not confirmed (%s); sending again", out.type, out.id,
                             why_not)  # fmt: skip
             if failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            pending = [out for out, _ in failed]
+            pending = [item for item, _ in failed]
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
