@@ -132,3 +132,23 @@ def test_bad_metric_records_are_dead_lettered_with_a_reason(
     assert "schema violation: metric_record v1 at absolute_error" in reasons["schema"]
     assert "is not |y_true - y_pred|" in reasons["arithmetic"]
     assert services.procs["monitor"].poll() is None, "bad input is never fatal"
+
+
+def test_every_recorded_row_is_published_once_as_metric_record(
+    services: Services, amqp: Amqp, service_env: dict
+) -> None:
+    spy = spy_on(amqp, "metric_record")
+    for name in ("model", "metric"):
+        services.start(name)
+    services.start("features", FEATURES_COUNT="300")
+    csv_path = Path(service_env["METRIC_LOG_PATH"])
+    wait_until(lambda: len(read_csv(csv_path)) >= 300, 60, "300 rows")
+    assert services.stop("metric") == 0, services.output("metric")  # a clean stop drains
+    sent = [(props, json.loads(body)) for props, body in amqp.drain(spy)]
+    rows = {r["message_id"]: r for r in read_csv(csv_path)}
+    assert sorted(p["message_id"] for _, p in sent) == sorted(rows)
+    for props, payload in sent:
+        row = rows[payload["message_id"]]
+        assert props.message_id == payload["message_id"]
+        assert {k: str(v) for k, v in payload.items()} == row
+        assert props.headers["schema"].endswith("/metric_record/v1/schema.json")

@@ -144,3 +144,47 @@ def open_store_at(db: Path, folder: Path, contracts: Contracts) -> Store:
         AppendOnlyCsv(folder / "metric_log.csv", contracts.columns("metric_record"), "M"),
         AppendOnlyCsv(folder / "orphans.csv", contracts.columns("orphan_record"), "O"),
     )
+
+
+def test_rows_flushed_but_not_confirmed_as_messages_are_published_after_a_restart(
+    tmp_path: Path, contracts: Contracts
+) -> None:
+    store = open_store(tmp_path, contracts)
+    store.flush()
+    record(store, ID)
+    store.flush()
+    [(rows, end)] = store.outbox
+    assert [row for row, _ in rows][0]["message_id"] == ID
+    store.mark_published(end)  # confirmed: saved with the next commit
+    second = "3f2b8c1e-6a4d-4e2f-9b1a-0c7d5e8f9a02"
+    record(store, second)
+    store.flush()
+    store.close()  # the process dies before the second row's message is confirmed
+    reopened = open_store(tmp_path, contracts)
+    [(again, _)] = reopened.outbox
+    row = again[0][0]
+    assert row["message_id"] == second and len(again) == 1
+    assert contracts.errors("metric_record", 1, row) is None  # numbers are numbers again
+
+
+def test_a_log_from_before_rows_were_published_is_not_sent_again(
+    tmp_path: Path, contracts: Contracts
+) -> None:
+    store = open_store(tmp_path, contracts)
+    record(store)
+    store.flush()
+    store._db.execute("DELETE FROM file_ends WHERE path LIKE 'published:%'")  # an older store
+    store._db.commit()
+    store.close()
+    assert not open_store(tmp_path, contracts).outbox
+
+
+def test_nothing_is_kept_to_publish_when_no_queue_takes_metric_record(
+    tmp_path: Path, contracts: Contracts
+) -> None:
+    csv = AppendOnlyCsv(tmp_path / "metric_log.csv", contracts.columns("metric_record"), "M")
+    orphans = AppendOnlyCsv(tmp_path / "orphans.csv", contracts.columns("orphan_record"), "O")
+    store = Store(tmp_path / "state.sqlite3", csv, orphans, publish=False)
+    record(store)
+    store.flush()
+    assert not store.outbox

@@ -10,6 +10,7 @@ The inputs' acks do not wait for these publishes: the row is the effect, the mes
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from opentelemetry.trace import SpanContext
@@ -18,20 +19,25 @@ from services.common.broker import Broker
 from services.common.messages import Outgoing
 from services.metric.store import Store
 
+MAX_BATCHES = 64  # flushed batches per publish, so one publish stays a bounded size
+
 
 async def publish_forever(store: Store, broker: Broker, ready: asyncio.Event) -> None:
     while True:
         await ready.wait()
         ready.clear()
         while store.outbox:
-            rows, end = store.outbox[0]
-            # One publish for the batch (one network write), each row in its own trace.
+            # Everything waiting goes in one publish (one network write, confirms awaited once):
+            # a batch at a time fell behind the flushes at full speed and the outbox grew.
+            batches = list(itertools.islice(store.outbox, MAX_BATCHES))
+            rows = [row for batch, _ in batches for row in batch]
             await broker.publish(
                 *(Outgoing("metric_record", row) for row, _ in rows),
                 parents=[_valid(span) for _, span in rows],
             )
-            store.outbox.popleft()
-            store.mark_published(end)
+            for _ in batches:
+                store.outbox.popleft()
+            store.mark_published(batches[-1][1])
 
 
 async def drained(store: Store) -> None:
