@@ -154,7 +154,7 @@ def test_rows_flushed_but_not_confirmed_as_messages_are_published_after_a_restar
     record(store, ID)
     store.flush()
     [(rows, end)] = store.outbox
-    assert [row for row, _ in rows][0]["message_id"] == ID
+    assert rows[0][0]["message_id"] == ID
     store.mark_published(end)  # confirmed: saved with the next commit
     second = "3f2b8c1e-6a4d-4e2f-9b1a-0c7d5e8f9a02"
     record(store, second)
