@@ -286,8 +286,14 @@ def test_a_deleted_queue_is_redeclared_and_consumed_again(node, services, servic
         return services.output("model")[before:]
 
     wait_until(lambda: "connection lost" in since(), 30, "the model to notice")
-    # It noticed the deletion itself (the broker cancelled its consumer), not some other loss.
-    assert "the broker cancelled consumer" in since()
+    # It noticed the deletion itself, not some other loss: the broker cancelled its consumer,
+    # or no cancel came and the watchdog found the redeclared queue not delivering. The second
+    # happens when the deletion races a publish: the broker crashes the publisher's channel
+    # (RabbitMQ's register_enqueuer case_clause, seen on 3.10.8 and 4.0.5; the publisher
+    # reconnects and redeclares the queue at once) and the old consumer is never told.
+    noticed = since()
+    by_watchdog = "ready messages but none were delivered to us lately" in noticed
+    assert "the broker cancelled consumer" in noticed or by_watchdog, noticed
 
     def consumed_again() -> bool:
         # 4.0 may still count the deleted queue's consumer: the model must be alive, too.
