@@ -59,6 +59,17 @@ def message_id(payload: dict[str, Any]) -> str:
     return payload["id"] if "id" in payload else payload["message_id"]
 
 
+def trace_id_of(headers: dict) -> str:
+    """The trace id in a W3C `traceparent` header (version-traceid-spanid-flags), or ''."""
+    value = headers.get("traceparent")
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    parts = value.split("-") if isinstance(value, str) else []
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        return parts[1].lower()
+    return ""
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 

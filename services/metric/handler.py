@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.messages import Message, Rejected, parse_time
+from services.common.messages import Message, Rejected, parse_time, trace_id_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +115,6 @@ def orphan_record(half: Half, now: str, reason: str) -> dict:
         "reason": reason,
         "trace_id": half.trace_id,
     }
-
-
-def trace_id_of(headers: dict) -> str:
-    """The trace id in a W3C `traceparent` header (version-traceid-spanid-flags), or ''."""
-    value = headers.get("traceparent")
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    parts = value.split("-") if isinstance(value, str) else []
-    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        return parts[1].lower()
-    return ""
 
 
 def _describe(half: Half) -> str:

@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from services.common.messages import Message, Outgoing, Rejected, format_time
-from services.metric.handler import trace_id_of
+from services.common.messages import Message, Outgoing, Rejected, format_time, trace_id_of
 from services.monitor import alerts
 from services.monitor.judge import judge
 from services.monitor.settings import Judging
