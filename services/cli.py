@@ -237,6 +237,10 @@ def _up() -> int:
         return 2
     if _train(if_missing=True) != 0:
         return 2
+    # A terminal's Ctrl+C reaches every child as well as `up`. Ignored from birth (the disposition
+    # is inherited), it cannot interrupt a child's imports with a traceback; each child's own
+    # handler takes SIGINT over once set, and `up` passes the stop on as SIGTERM in any case.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     children = {
         name: subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"], env={**env, "OTEL_SERVICE_NAME": name}
@@ -266,7 +270,15 @@ def _up() -> int:
                 stop_all()
         time.sleep(0.2)
     codes = {name: c.returncode for name, c in children.items()}
-    bad = {n: c for n, c in codes.items() if c != 0}
+    # Every service sets its SIGTERM handler before it connects, so one that died of our SIGTERM
+    # was still importing: it had nothing in flight and nothing to finish.
+    unstarted = [n for n, c in codes.items() if stopping and c == -signal.SIGTERM]
+    if unstarted:
+        print(
+            f"modelwatch up: {', '.join(unstarted)} stopped while starting, with nothing in flight",
+            flush=True,
+        )
+    bad = {n: c for n, c in codes.items() if c != 0 and n not in unstarted}
     if bad:
         print(f"modelwatch up: exit statuses {bad}", file=sys.stderr)
     return 1 if failed or bad else 0

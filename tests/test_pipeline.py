@@ -109,6 +109,39 @@ def test_up_records_one_correct_row_per_id(
         assert amqp.count(dlq) == 0
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_up_stopped_while_its_services_start_exits_cleanly(
+    service_env: dict, tmp_path: Path, how: str
+) -> None:
+    """A stop that reaches the services before they have set their own signal handlers (they are
+    still importing) stops them with nothing to finish: `up` exits 0 with no traceback. CI once
+    saw `exit statuses {'monitor': -15}` when the monitor started slowly."""
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"],
+        cwd=tmp_path,
+        env=service_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert up.stdout is not None
+        while "running" not in (line := up.stdout.readline()):
+            assert line, "up ended before it started the services"
+        if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
+            os.killpg(up.pid, signal.SIGINT)
+        else:
+            up.send_signal(signal.SIGTERM)
+        output = up.communicate(timeout=60)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGKILL)
+    assert up.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert "stopped while starting" in output
+
+
 def _bad_features(contracts: Contracts) -> list[tuple[str, bytes, dict, str]]:
     ok = headers_for(contracts, "features")
     row = {"id": str(uuid.uuid4()), "emitted_at": "2026-11-27T11:40:35Z", "features": [0.1] * 10}

@@ -22,7 +22,7 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 
 from services.model import reference
-from services.model.files import ArtifactError, write_atomic
+from services.model.files import ArtifactError, manifest_path, verify, write_atomic
 
 FORMAT = "modelwatch-linear-regression/1"
 
@@ -40,10 +40,6 @@ class LoadedModel:
         (docs/benchmark.md); tests check the two agree."""
         return float(np.asarray(features, dtype=float) @ self.estimator.coef_
                      + self.estimator.intercept_)  # fmt: skip
-
-
-def manifest_path(model_path: Path) -> Path:
-    return model_path.with_name(model_path.name + ".manifest.json")
 
 
 def train(model_path: Path) -> dict:
@@ -92,25 +88,12 @@ def train(model_path: Path) -> dict:
 
 def load(model_path: Path, pinned_sha256: str = "") -> LoadedModel:
     """Read and verify the artifact; raises `ArtifactError` naming what is wrong."""
-    try:
-        body = model_path.read_bytes()
-        manifest = json.loads(manifest_path(model_path).read_text())
-    except FileNotFoundError as exc:
-        raise ArtifactError(
-            f"MODEL_PATH: {exc.filename} does not exist; run `modelwatch train`"
-        ) from None
-    sha = hashlib.sha256(body).hexdigest()
-    expected = pinned_sha256 or manifest.get("sha256", "")
-    if sha != expected:
-        source = "MODEL_SHA256" if pinned_sha256 else manifest_path(model_path).name
-        raise ArtifactError(
-            f"MODEL_PATH: {model_path} has SHA-256 {sha}, but {source} says {expected}"
-        )
-    params = json.loads(body)
+    artifact = verify(model_path, pinned_sha256)
+    params = artifact.params
     if params.get("format") != FORMAT:
         raise ArtifactError(f"MODEL_PATH: unknown artifact format {params.get('format')!r}")
     estimator = LinearRegression()
     estimator.coef_ = np.asarray(params["coef"], dtype=float)
     estimator.intercept_ = float(params["intercept"])
     estimator.n_features_in_ = len(params["coef"])
-    return LoadedModel(estimator, manifest["version"], sha, tuple(params["feature_names"]))
+    return LoadedModel(estimator, artifact.version, artifact.sha256, tuple(params["feature_names"]))

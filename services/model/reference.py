@@ -13,13 +13,16 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.linear_model import LinearRegression
 
 from services.model.files import ArtifactError
 from services.monitor.stats import distribution
 from services.monitor.stats import error_summary as stats_error_summary
+
+if TYPE_CHECKING:  # the monitor loads references without importing scikit-learn
+    from sklearn.linear_model import LinearRegression
 
 FORMAT = "modelwatch-reference/1"
 SETTING = "MONITOR_REFERENCE_PATH"

@@ -9,7 +9,7 @@ from services.common.broker import Broker
 from services.common.contracts import Contracts
 from services.common.runtime import run
 from services.common.settings import ConfigError, environ
-from services.model.artifact import ArtifactError, load
+from services.model.files import ArtifactError, verify
 from services.model.reference import load_reference
 from services.monitor.monitor import Monitor
 from services.monitor.settings import Settings
@@ -35,7 +35,7 @@ async def main(stop: asyncio.Event) -> None:
     settings = Settings.from_env(environ())
     contracts = Contracts(settings.contracts_dir)
     try:
-        model = load(settings.model_path)
+        model = verify(settings.model_path)
         reference = load_reference(settings.reference_path, model.version, model.sha256)
     except ArtifactError as exc:
         raise ConfigError(str(exc)) from None
