@@ -3,7 +3,9 @@
 On publish, `publishing()` opens `publish <exchange>` (PRODUCER) and injects its context into the
 message headers with the configured propagators (W3C `traceparent`/`tracestate` and `baggage` by
 default); on delivery, `processing()` extracts it and opens `process <exchange>` (CONSUMER) as its
-child, so one emission is one trace across services. Every attribute follows the current
+child, so one emission is one trace across services. A consumer that aggregates (the monitor) takes
+its deliveries in batches under one `process <exchange>` span linked to each message's context
+(`processing_batch()`). Every attribute follows the current
 OpenTelemetry messaging conventions and is given when the span starts.
 
 Why not opentelemetry-instrumentation-pika's wrappers (used before): they name spans and set keys
@@ -17,12 +19,20 @@ here like any other (docs/tracing.md).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
 
 from observability import attributes as attr
 from observability.tracing import tracer
@@ -86,6 +96,27 @@ def processing(
     with tracer(SCOPE).start_as_current_span(
         f"process {exchange}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
     ) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def processing_batch(
+    exchange: str, headers: Sequence[Mapping[str, Any]], server: tuple
+) -> Iterator[Span]:
+    """One CONSUMER span around handling a batch of deliveries, linked to each one's context:
+    the messaging conventions' batch processing, for a consumer that aggregates what it reads."""
+    attributes = _common(exchange, "", server, "process", "process")
+    attributes[attr.MESSAGING_BATCH_MESSAGE_COUNT] = len(headers)
+    links = []
+    for carrier in headers:
+        if carrier:
+            linked = trace.get_current_span(propagate.extract(carrier, getter=_GETTER))
+            if (span_context := linked.get_span_context()).is_valid:
+                links.append(Link(span_context))
+    with tracer(SCOPE).start_as_current_span(
+        f"process {exchange}", context=context.Context(), kind=SpanKind.CONSUMER,
+        attributes=attributes, links=links,
+    ) as span:  # fmt: skip
         yield span
 
 

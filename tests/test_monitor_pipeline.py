@@ -13,9 +13,11 @@ from pathlib import Path
 import pika.exceptions
 import pytest
 
+from observability.attributes import DEAD_LETTER_REASON
 from services.common.contracts import Contracts
-from tests.conftest import REPO, Amqp, Services, read_csv, wait_until
+from tests.conftest import REPO, Amqp, Services, read_csv, traced, wait_until
 from tests.test_pipeline import headers_for, spy_on
+from tools.otlp_sink import Receiver
 
 pytestmark = pytest.mark.broker
 
@@ -113,25 +115,43 @@ def test_no_drift_no_alert_over_5000_rows(services: Services, amqp: Amqp) -> Non
 
 
 def test_bad_metric_records_are_dead_lettered_with_a_reason(
-    services: Services, amqp: Amqp, contracts: Contracts
+    services: Services, amqp: Amqp, contracts: Contracts, receiver: Receiver
 ) -> None:
-    services.start("monitor", **WINDOWS)
+    """Also: the monitor handles deliveries under batch spans, but a message it refuses gets a
+    process span of its own in the message's trace, with the reason, and its dead letter stays
+    in that trace."""
+    services.start("monitor", **WINDOWS, **traced(receiver))
     good = json.loads((REPO / "contracts/metric_record/v1/examples/valid/row.json").read_text())
     wait_until(lambda: queue_exists(amqp, "monitor.metric_record.dlq"), 30, "the monitor's queues")
     cases = {
         "schema": {**good, "absolute_error": -1.0},
         "arithmetic": {**good, "absolute_error": 1.0},
     }
+    parents = {}
     for name, payload in cases.items():
         payload["message_id"] = str(uuid.uuid4())
-        amqp.publish("metric_record", json.dumps(payload).encode(),
-                     headers_for(contracts, "metric_record"), message_id=name)  # fmt: skip
+        parents[name] = (uuid.uuid4().hex, uuid.uuid4().hex[:16])
+        headers = {**headers_for(contracts, "metric_record"),
+                   "traceparent": f"00-{parents[name][0]}-{parents[name][1]}-01"}  # fmt: skip
+        amqp.publish("metric_record", json.dumps(payload).encode(), headers, message_id=name)
     wait_until(lambda: amqp.count("monitor.metric_record.dlq") == 2, 30, "two dead letters")
-    reasons = {p.message_id: p.headers["x-error-reason"]
-               for p, _ in amqp.drain("monitor.metric_record.dlq")}  # fmt: skip
-    assert "schema violation: metric_record v1 at absolute_error" in reasons["schema"]
-    assert "is not |y_true - y_pred|" in reasons["arithmetic"]
+    letters = {p.message_id: p.headers for p, _ in amqp.drain("monitor.metric_record.dlq")}
+    assert "schema violation: metric_record v1 at absolute_error" in letters["schema"][
+        "x-error-reason"]  # fmt: skip
+    assert "is not |y_true - y_pred|" in letters["arithmetic"]["x-error-reason"]
     assert services.procs["monitor"].poll() is None, "bad input is never fatal"
+
+    def refused(name: str) -> list:
+        return [s for s in receiver.snapshot() if s.trace_id == parents[name][0]
+                and s.name == "process metric_record" and s.service == "monitor"]  # fmt: skip
+
+    for name in cases:
+        wait_until(lambda name=name: refused(name), 30, f"the span of the refused {name} row")
+        span = refused(name)[0]
+        assert span.parent_id == parents[name][1] and span.kind == "CONSUMER"
+        assert span.attributes["messaging.message.id"] == name
+        assert span.attributes[DEAD_LETTER_REASON] == letters[name]["x-error-reason"]
+        assert letters[name]["traceparent"].split("-")[1] == parents[name][0]
 
 
 def test_every_recorded_row_is_published_once_as_metric_record(

@@ -30,7 +30,7 @@ def run_pipeline(services: Services, env: dict[str, str], n: int, csv_path: Path
         assert services.stop(name) == 0, services.output(name)
 
 
-def test_each_emission_is_one_trace_through_features_model_metric_and_monitor(
+def test_each_emission_is_one_trace_through_features_model_metric_and_the_monitor_links_it(
     services: Services, service_env: dict, receiver: Receiver
 ) -> None:
     n = 20
@@ -39,19 +39,22 @@ def test_each_emission_is_one_trace_through_features_model_metric_and_monitor(
     services.start("monitor", **env)
 
     def monitored() -> int:
-        return sum(s.name == "process metric_record" for s in receiver.snapshot())
+        return sum(len(s.links) for s in receiver.snapshot()
+                   if s.name == "process metric_record" and s.service == "monitor")  # fmt: skip
 
     run_pipeline(services, env, n, csv_path)
     wait_until(lambda: monitored() >= n, 30, "the monitor to process every recorded row")
     assert services.stop("monitor") == 0, services.output("monitor")
     rows = read_csv(csv_path)
     by_trace: dict[str, list[Span]] = defaultdict(list)
+    monitor: list[Span] = []
     for span in receiver.snapshot():
-        by_trace[span.trace_id].append(span)
+        (monitor if span.service == "monitor" else by_trace[span.trace_id]).append(span)
+    linked_from = {link: s for s in monitor for link in s.links}
 
     for row in rows:
         id_, spans = row["message_id"], by_trace[row["trace_id"]]
-        assert {s.service for s in spans} == {"features", "model", "metric", "monitor"}, id_
+        assert {s.service for s in spans} == {"features", "model", "metric"}, id_
         emit = one(spans, name="emit", service="features")
         assert emit.parent_id == "" and emit.kind == "INTERNAL"
         pub_features = one(spans, name="publish features", kind="PRODUCER")
@@ -73,14 +76,19 @@ def test_each_emission_is_one_trace_through_features_model_metric_and_monitor(
                                      (row["trace_id"], proc_y_pred.span_id)}  # fmt: skip
         assert record.attributes["modelwatch.absolute_error"] == pytest.approx(
             float(row["absolute_error"]))  # fmt: skip
-        # The durable row goes out as metric_record under its record span; the monitor takes
-        # both the features and the row inside the same trace.
+        # The durable row goes out as metric_record under its record span. The monitor, which
+        # aggregates, takes the features and the row in batches: a process span per batch, in
+        # a trace of its own, linked to each message's publish.
         pub_record = one(spans, name="publish metric_record", kind="PRODUCER", service="metric")
         assert pub_record.parent_id == record.span_id
-        watch_features = one(spans, name="process features", service="monitor")
-        assert watch_features.parent_id == pub_features.span_id
-        watch_record = one(spans, name="process metric_record", service="monitor")
-        assert watch_record.parent_id == pub_record.span_id
+        watch_features = linked_from[row["trace_id"], pub_features.span_id]
+        watch_record = linked_from[row["trace_id"], pub_record.span_id]
+        for watch, exchange in ((watch_features, "features"), (watch_record, "metric_record")):
+            assert (watch.name, watch.kind) == (f"process {exchange}", "CONSUMER")
+            assert watch.trace_id != row["trace_id"] and watch.parent_id == ""
+            assert watch.attributes["messaging.batch.message_count"] == len(watch.links)
+            assert watch.attributes["messaging.destination.name"] == exchange
+            assert MESSAGE_ID not in watch.attributes
         for span in spans:
             assert span.attributes.get(MESSAGE_ID) == id_, (span.name, span.attributes)
             assert not OLD_KEYS & set(span.attributes), span.name

@@ -43,8 +43,10 @@ async def main(stop: asyncio.Event) -> None:
     monitor = Monitor(store, reference, settings.judging)
     log.info("monitoring model %s against %s", model.version, settings.reference_path)
     broker = Broker(settings.broker, contracts, "monitor")
-    broker.consume("features", monitor.on_message)
-    broker.consume("metric_record", monitor.on_message)
+    # Every report and alert sums up a window of rows: a span per delivery batch, linked to each
+    # row, rather than one in every row's trace.
+    broker.consume("features", monitor.on_message, aggregate=True)
+    broker.consume("metric_record", monitor.on_message, aggregate=True)
     broker.on_flush(store.flush)
     if not await broker.start(stop):
         store.close()

@@ -61,17 +61,22 @@ class Broker:
         self._drains: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     def consume(
-        self, type_: str, handler: Handler, span: str = "", span_attributes: dict | None = None
-    ) -> None:
+        self, type_: str, handler: Handler, span: str = "", span_attributes: dict | None = None,
+        aggregate: bool = False,
+    ) -> None:  # fmt: skip
         """Consume this service's queue for `type_` (from the catalog) with `handler`.
 
         With `span`, each handler call gets a span of that name (e.g. "predict") under the
-        message's process span.
+        message's process span. With `aggregate` (a consumer whose outputs summarise many
+        messages), the deliveries that arrive together are handled under one process span
+        linked to each message, instead of a span in every message's trace.
         """
         entry = self._contracts.consumer(self._service, type_)
         spec = next(q for q in self._topology.queues if q.name == entry.queue)
         self._consumers.add(
-            Consumer(spec, frozenset(entry.accepts), handler, span, span_attributes or {})
+            Consumer(
+                spec, frozenset(entry.accepts), handler, span, span_attributes or {}, aggregate
+            )
         )
 
     def on_flush(self, flush: Callable[[], None]) -> None:

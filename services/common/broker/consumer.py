@@ -7,11 +7,19 @@ the delivery limit, then dead-lettered. A handler with no outputs may have its e
 in batches (`on_flush`): the inputs are acked after the flush (after the confirms too, when the
 handler also had outputs).
 
+Each delivery is handled under a CONSUMER span that continues its message's trace. An aggregating
+consumer (`aggregate`: the monitor, whose outputs summarise windows of many messages) instead
+handles the deliveries that arrived together under one span linked to each message, which cost a
+third of what a span per message did (docs/benchmark.md); a message it refuses still gets a span
+of its own, in its own trace, saying why.
+
 Settling (acks, rejects, flush batches) is settle.py's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +30,7 @@ from pika.spec import Basic, BasicProperties
 
 from observability import attributes as attr
 from observability import tracer
-from observability.messaging import processing
+from observability.messaging import processing, processing_batch
 from services.common.broker.connection import Connection
 from services.common.broker.deadletters import DeadLettering
 from services.common.broker.publisher import MessageTooLarge, Publisher
@@ -33,6 +41,8 @@ from services.common.messages import Message, Outgoing, Rejected
 log = logging.getLogger("modelwatch.broker")
 
 Handler = Callable[[Message], Sequence[Outgoing]]
+# Links per batch span: the SDK keeps 128 by default (OTEL_SPAN_LINK_COUNT_LIMIT) and drops more.
+LINKS = 128
 
 
 @dataclass
@@ -42,6 +52,7 @@ class Consumer:
     handler: Handler
     span: str
     span_attributes: dict[str, Any]
+    aggregate: bool = False  # one span per batch of deliveries, linked to each message
     tag: str = ""  # the consumer tag on the current channel
     delivered: int = 0  # deliveries received, for the watchdog
 
@@ -60,6 +71,8 @@ class Consumers:
         self.prefetch = prefetch
         self.entries: list[Consumer] = []
         self.settler = Settler(link)
+        # An aggregating consumer's deliveries from one read of the socket, handled together.
+        self._arrived: list[tuple[Consumer, Channel, Basic.Deliver, BasicProperties, bytes]] = []
 
     def add(self, consumer: Consumer) -> None:
         self.entries.append(consumer)
@@ -95,6 +108,11 @@ class Consumers:
         ) -> None:
             self.settler.acks.delivered(method.delivery_tag)
             consumer.delivered += 1
+            if consumer.aggregate:
+                if not self._arrived:  # pika hands over every delivery of a read before this runs
+                    asyncio.get_running_loop().call_soon(self._process_arrived)
+                self._arrived.append((consumer, chan, method, props, body))
+                return
             exchange = method.exchange or method.routing_key
             # A CONSUMER span, child of the publish whose context the headers carry.
             headers = props.headers or {}
@@ -107,9 +125,32 @@ class Consumers:
 
         return on_delivery
 
+    def _process_arrived(self) -> None:
+        """Handle an aggregating consumer's waiting deliveries, a span per queue and ≤ LINKS."""
+        arrived, self._arrived = self._arrived, []
+        current = self._link.channel
+        by_consumer: dict[int, list] = {}
+        for item in arrived:
+            if item[1] is current:  # those of a lost channel come back from the broker
+                by_consumer.setdefault(id(item[0]), []).append(item)
+        for items in by_consumer.values():
+            for start in range(0, len(items), LINKS):
+                chunk = items[start : start + LINKS]
+                method = chunk[0][2]
+                exchange = method.exchange or method.routing_key
+                headers = [item[3].headers or {} for item in chunk]
+                with processing_batch(exchange, headers, self._link.server):
+                    for consumer, chan, method, props, body in chunk:
+                        try:
+                            self._process(consumer, chan, method, props, body, own_span=True)
+                        except Exception:
+                            log.exception("unexpected failure handling a message; it will be "
+                                          "redelivered")  # fmt: skip
+                            self.settler.settle(chan, method.delivery_tag, requeue=True)
+
     def _process(
         self, consumer: Consumer, chan: Channel, method: Basic.Deliver, props: BasicProperties,
-        body: bytes,
+        body: bytes, own_span: bool = False,
     ) -> None:  # fmt: skip
         tag = method.delivery_tag
         spec = consumer.spec
@@ -120,14 +161,16 @@ class Consumers:
         except (Rejected, MessageTooLarge) as exc:
             # Neither improves with another delivery: dead-letter now, with why.
             reason = exc.reason if isinstance(exc, Rejected) else f"output refused: {exc}"
-            self._dead_letter(spec, chan, tag, props, body, reason)
+            with self._failure_span(own_span, method, props):
+                self._dead_letter(spec, chan, tag, props, body, reason)
             return
         except Exception as exc:  # noqa: BLE001 - a failing handler is retried, then dead-lettered
-            reason = self._dead.handler_failed(props, exc)
-            if reason:
-                self._dead_letter(spec, chan, tag, props, body, reason)
-            else:
-                self.settler.settle(chan, tag, requeue=True)
+            with self._failure_span(own_span, method, props):
+                reason = self._dead.handler_failed(props, exc)
+                if reason:
+                    self._dead_letter(spec, chan, tag, props, body, reason)
+                else:
+                    self.settler.settle(chan, tag, requeue=True)
             return
         if not prepared:
             self.settler.defer(chan, tag)
@@ -147,6 +190,16 @@ class Consumers:
 
         for message in prepared:
             self._publisher.send_prepared(message, confirmed)
+
+    def _failure_span(
+        self, own_span: bool, method: Basic.Deliver, props: BasicProperties
+    ) -> contextlib.AbstractContextManager:
+        """For a message handled inside a batch span: a span of its own, in its own trace, so
+        its dead letter (or retry) is found from the message like any other consumer's."""
+        if not own_span:
+            return contextlib.nullcontext()
+        exchange = method.exchange or method.routing_key
+        return processing(exchange, props.message_id or "", props.headers or {}, self._link.server)
 
     def _dead_letter(
         self, spec: QueueSpec, chan: Channel, tag: int, props: BasicProperties, body: bytes,

@@ -64,7 +64,9 @@ class Settler:
             # A fresh context: the flush serves many messages and belongs to none of their traces.
             asyncio.get_running_loop().call_soon(self._flush_batch, context=contextvars.Context())
         self._batch.tags.append(tag)
-        self._batch.spans.append(trace.get_current_span().get_span_context())
+        span = trace.get_current_span().get_span_context()
+        if not self._batch.spans or self._batch.spans[-1] != span:  # batch spans: link each once
+            self._batch.spans.append(span)
 
     def _flush_batch(self, attempt: int = 0) -> None:
         """Runs once the deliveries that arrived together are handled: flush, then ack them."""
