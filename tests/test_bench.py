@@ -46,10 +46,10 @@ def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
     assert "without the monitor" in done.stdout
     if broker.installation is not None:  # a broker on this machine: its VM's CPU is found too
         assert report["cpu_us_per_row"]["broker"]["median"] > 0
-    # Every span is exported, not sampled or dropped: 12 per row (3 in each of features, model
-    # and metric, the metric's publish of the row, the monitor's two process spans), and the
-    # flush spans of batches.
-    assert report["spans_per_row"]["median"] >= 12
+    # Every span is exported, not sampled or dropped: 10 per row (3 in each of features, model
+    # and metric, the metric's publish of the row), the monitor's batch spans and the flush spans
+    # of batches.
+    assert report["spans_per_row"]["median"] > 10
     assert "bare reference pipeline" in done.stdout and "p99 latency" in done.stdout
     assert set(report["otlp_encode_us_per_span"]) == {"sdk", "modelwatch"}
     assert "OTLP encoding per span" in done.stdout
