@@ -43,6 +43,8 @@ def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
     assert 0 < paced["p50_ms"]["median"] <= paced["p99_ms"]["median"]
     assert set(report["cpu_us_per_row"]) >= {"features", "model", "metric", "monitor"}
     assert report["ratio_to_reference_without_monitor"]["median"] > 0
+    assert set(report["cpu_us_per_row_without_monitor"]) >= {"features", "model", "metric"}
+    assert report["monitor_lag_s"]["min"] >= 0
     assert "without the monitor" in done.stdout
     if broker.installation is not None:  # a broker on this machine: its VM's CPU is found too
         assert report["cpu_us_per_row"]["broker"]["median"] > 0

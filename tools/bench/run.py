@@ -104,6 +104,7 @@ class Result:
     cpu_us_per_row: dict[str, float]
     metric_rss_mib: tuple[float, float]
     spans_per_row: float
+    lag_s: float = 0.0  # from the last row recorded to the lagging queues empty
 
 
 def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str],
@@ -147,7 +148,9 @@ def _run(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str], 
             if failed or time.monotonic() > deadline:
                 raise RuntimeError(f"{pipeline.name}: rows stopped arriving; logs in {work}")
             time.sleep(0.05)
+        recorded_at = time.monotonic()
         _wait_until_consumed(target, vhost, pipeline.lagging, work)
+        lag_s = time.monotonic() - recorded_at
         cpu_end = _cpu(procs, broker)
         cpu_start["features"], cpu_end["features"], measured_rows = emitter.window(rows)
         rss_end = rss_mib(procs["metric"].pid)
@@ -175,6 +178,7 @@ def _run(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str], 
         },
         metric_rss_mib=(rss_start, rss_end),
         spans_per_row=(sink.count - spans_before) / rows,
+        lag_s=lag_s,
     )
 
 
@@ -350,7 +354,13 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
             for k in ("features", "model", "metric", "monitor", "broker")
             if any(k in r.cpu_us_per_row for r in full)
         },
+        "cpu_us_per_row_without_monitor": {
+            k: summarize([r.cpu_us_per_row[k] for r in figures["without_monitor"]])
+            for k in ("features", "model", "metric", "broker")
+            if all(k in r.cpu_us_per_row for r in figures["without_monitor"])
+        },
         "spans_per_row": summarize([r.spans_per_row for r in full]),
+        "monitor_lag_s": summarize([r.lag_s for r in full]),
         "otlp_encode_us_per_span": encoding.us_per_span(),
         "metric_rss_mib_start_end": [full[-1].metric_rss_mib[0], full[-1].metric_rss_mib[1]],
     }
@@ -380,8 +390,12 @@ def table(report: dict) -> str:
         f"p99 latency at 200 rows/s                     "
         f"{fmt(report['paced_200_rows_per_s']['p99_ms'], ' ms', 1)}",
     ]
+    alone = report["cpu_us_per_row_without_monitor"]
     for name, figure in report["cpu_us_per_row"].items():
-        lines.append(f"CPU per row, {name:<9}                        {fmt(figure, ' us')}")
+        without = f"  without the monitor {alone[name]['median']:.0f}" if name in alone else ""
+        lines.append(f"CPU per row, {name:<9}                        {fmt(figure, ' us')}{without}")
+    lines.append(f"monitor done after the last row              "
+                 f"{fmt(report['monitor_lag_s'], ' s', 1)}")  # fmt: skip
     spans = fmt(report["spans_per_row"], "", 1)
     lines.append(f"spans exported per row                        {spans}")
     enc = report["otlp_encode_us_per_span"]
