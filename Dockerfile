@@ -1,5 +1,14 @@
-# One image for the four services: compose runs each with its `modelwatch` subcommand.
+# One image for the services: compose runs each with its `modelwatch` subcommand.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG NODE_IMAGE=node:20.18.0-bookworm-slim
+
+# The dashboard's chart library, from npm at the version its package-lock.json pins; only its
+# built files go into the image (the page loads nothing from a CDN).
+FROM ${NODE_IMAGE} AS dashboard-assets
+WORKDIR /web
+COPY services/dashboard/web/package.json services/dashboard/web/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+
 FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,7 +16,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
     CONTRACTS_DIR=/app/contracts \
-    MODEL_PATH=/app/models/model.json
+    MODEL_PATH=/app/models/model.json \
+    DASHBOARD_ASSETS_DIR=/app/web/uplot
 
 WORKDIR /app
 
@@ -22,6 +32,7 @@ COPY README.md ./
 COPY contracts ./contracts
 COPY observability ./observability
 COPY services ./services
+COPY --from=dashboard-assets /web/node_modules/uplot/dist /app/web/uplot
 # Install the code, train the model into the image (no model binary is committed), and drop the
 # source copies so only the installed package runs.
 RUN pip install --no-cache-dir --no-deps . \

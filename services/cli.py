@@ -1,6 +1,6 @@
 """The `modelwatch` command: one subcommand per service, plus `train` and `up`.
 
-`up` is the no-Docker main job: it trains the model if there is none, then runs the four services
+`up` is the no-Docker main job: it trains the model if there is none, then runs the services
 as child processes until Ctrl+C (or SIGTERM), which it passes on so each one drains and exits.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from services.common import settings as env_
 from services.common.settings import ConfigError
 
-SERVICES = ("model", "metric", "monitor", "plot", "features")
+SERVICES = ("model", "metric", "monitor", "dashboard", "plot", "features")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,6 +232,7 @@ def _up() -> int:
     try:
         csv_path = env_.path(env, "METRIC_LOG_PATH", "logs/metric_log.csv")
         png_path = env_.path(env, "PLOT_PATH", "logs/error_distribution.png")
+        dashboard = env_.text(env, "DASHBOARD_ADDR", "127.0.0.1:8050")
     except ConfigError as exc:
         print(f"up: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -241,14 +242,7 @@ def _up() -> int:
     # is inherited), it cannot interrupt a child's imports with a traceback; each child's own
     # handler takes SIGINT over once set, and `up` passes the stop on as SIGTERM in any case.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    children = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env={**env, "OTEL_SERVICE_NAME": name}
-        )
-        for name in SERVICES
-    }
-    print(f"modelwatch up: {', '.join(SERVICES)} running; rows -> {csv_path}, plot -> {png_path}")
-    print("Ctrl+C stops everything.", flush=True)
+    children: dict[str, subprocess.Popen] = {}
     stopping = False
 
     def stop_all(*_: object) -> None:
@@ -258,8 +252,18 @@ def _up() -> int:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
+    # Before the first child: a SIGTERM that came in between would kill `up` alone and leave the
+    # children running (a test that signals `up` once it says "running" saw this 1 time in 4).
     signal.signal(signal.SIGTERM, stop_all)
+    for name in SERVICES:
+        if not stopping:
+            children[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"], env={**env, "OTEL_SERVICE_NAME": name}
+            )
     signal.signal(signal.SIGINT, stop_all)
+    print(f"modelwatch up: {', '.join(children)} running; rows -> {csv_path}, plot -> {png_path}, "
+          f"dashboard -> http://{dashboard}/")  # fmt: skip
+    print("Ctrl+C stops everything.", flush=True)
     failed = ""
     while any(c.poll() is None for c in children.values()):
         for name, child in children.items():

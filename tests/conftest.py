@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -152,11 +154,19 @@ def service_env(amqp_url: str, model_path: Path, tmp_path: Path) -> dict[str, st
         "METRIC_ORPHAN_LOG_PATH": str(logs / "orphans.csv"),
         "METRIC_STATE_PATH": str(logs / "metric_state.sqlite3"),
         "MONITOR_STATE_PATH": str(logs / "monitor_state.sqlite3"),
+        "DASHBOARD_STATE_PATH": str(logs / "dashboard_state.json"),
+        "DASHBOARD_ADDR": f"127.0.0.1:{free_port()}",
         "PLOT_PATH": str(logs / "error_distribution.png"),
         "PLOT_INTERVAL_S": "0.5",
         "FEATURES_INTERVAL_S": "0",
         "OTEL_TRACES_EXPORTER": "none",
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Services:
@@ -208,10 +218,13 @@ def services(service_env: dict[str, str], tmp_path: Path) -> Iterator[Services]:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """The complete rows of a CSV a service may be writing right now (a line still being
+    written is left out: the header alone, or a row without its newline)."""
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(complete, newline="")))
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 from services.common.contracts import Contracts
 from services.common.definitions import build, password_variable
 from tests.compose import load, read_env_file
-from tests.conftest import REPO, Services, read_csv, wait_until
+from tests.conftest import REPO, Services, free_port, read_csv, wait_until
 from tests.session_broker import Broker
 from tools.otlp_sink import Receiver
 
@@ -32,7 +32,7 @@ COMPOSE = REPO / "docker-compose.yml"
 DEFINITIONS = REPO / "deploy" / "rabbitmq" / "definitions.json"
 RENDER = REPO / "deploy" / "rabbitmq" / "render-definitions.sh"
 ENV_EXAMPLE = read_env_file(REPO / ".env.example")
-BROKER_SERVICES = ("features", "model", "metric", "monitor")
+BROKER_SERVICES = ("features", "model", "metric", "monitor", "dashboard")
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,14 @@ def test_each_service_user_may_do_its_job_and_nothing_else(deployment: Deploymen
     assert channel.basic_get("metric.y_pred", auto_ack=True)[0] is not None
     channel.basic_publish("modelwatch.dlx", "metric.y_pred", b"{}", pika.BasicProperties())
     connection.close()
+    connection, channel = _channel(d.url("dashboard"))  # reads its queues, dead-letters, no more
+    channel.queue_declare("dashboard.metric_record.dlq", passive=True)  # the dead-letter counts
+    channel.basic_publish("modelwatch.dlx", "dashboard.alert", b"{}", pika.BasicProperties())
+    connection.close()
     # What each must be refused.
+    assert _refused(d.url("dashboard"), _publish("alert"))
+    assert _refused(d.url("dashboard"), _publish("metric_record"))
+    assert _refused(d.url("dashboard"), lambda ch: ch.basic_get("monitor.metric_record"))
     assert _refused(d.url("model"), _publish("y_true"))
     assert _refused(d.url("model"), _publish("features"))
     assert _refused(d.url("metric"), _publish("y_pred"))
@@ -277,6 +284,9 @@ def test_services_run_with_the_environment_compose_gives_them(
     try:
         for name in ("metric", "model", "plot"):
             running.start(name, **_as_deployed(compose, name, deployment, receiver, logs))
+        dashboard = _as_deployed(compose, "dashboard", deployment, receiver, logs)
+        assert dashboard.pop("DASHBOARD_ADDR") == "0.0.0.0:8050"  # published by compose's ports
+        running.start("dashboard", **dashboard, DASHBOARD_ADDR=f"127.0.0.1:{free_port()}")
         features = _as_deployed(compose, "features", deployment, receiver, logs)
         running.start("features", **{**features, "FEATURES_COUNT": "25",
                                      "FEATURES_INTERVAL_S": "0.01"})  # fmt: skip
@@ -284,10 +294,11 @@ def test_services_run_with_the_environment_compose_gives_them(
         wait_until(lambda: len(read_csv(csv_path)) >= 25, 60, "25 rows")
         wait_until(lambda: (logs / "error_distribution.png").exists(), 30, "the plot")
         assert running.stop("features") == 0
-        for name in ("metric", "model", "plot"):
+        wait_until(lambda: (logs / "dashboard_state.json").exists(), 30, "the dashboard's state")
+        for name in ("metric", "model", "plot", "dashboard"):
             assert running.stop(name) == 0, running.output(name)
         services = {s.service for s in receiver.snapshot()}
-        assert services == {"features", "model", "metric"}
+        assert services == {"features", "model", "metric", "dashboard"}
         assert "connected" in running.output("model")
     finally:
         running.stop_all()

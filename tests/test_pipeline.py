@@ -133,7 +133,11 @@ def test_up_stopped_while_its_services_start_exits_cleanly(
             os.killpg(up.pid, signal.SIGINT)
         else:
             up.send_signal(signal.SIGTERM)
-        output = up.communicate(timeout=60)[0]
+        try:
+            output = up.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            raise AssertionError(f"up did not stop within 60 s:\n{up.communicate()[0]}") from None
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(up.pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -46,12 +47,30 @@ def start(service: str, **env: str) -> subprocess.CompletedProcess:
         ("features", "RABBITMQ_TOPOLOGY", "create"),
         ("model", "RABBITMQ_MAX_MESSAGE_SIZE", "0"),
         ("metric", "RABBITMQ_MAX_MESSAGE_SIZE", "16MiB"),
+        ("dashboard", "DASHBOARD_ADDR", "localhost"),
+        ("dashboard", "DASHBOARD_ADDR", "127.0.0.1:99999"),
+        ("dashboard", "JAEGER_UI_URL", "jaeger:16686"),
+        ("dashboard", "DASHBOARD_ASSETS_DIR", "/tmp"),
+        ("dashboard", "DASHBOARD_PUSH_S", "0"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(service: str, variable: str, value: str) -> None:
     done = start(service, **{variable: value})
     assert done.returncode == 2, done.stderr
     assert variable in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.npm  # the chart library's files are checked first
+def test_a_taken_dashboard_port_fails_naming_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = start("dashboard", DASHBOARD_ADDR=address,
+                     RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"DASHBOARD_ADDR {address}" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -95,6 +95,24 @@ class Broker:
         `parents`, each one's PRODUCER span is a child of its own parent span."""
         await self._publisher.publish(*outs, parents=parents)
 
+    @property
+    def connected(self) -> bool:
+        chan = self._link.channel
+        return chan is not None and chan.is_open
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Messages waiting in each consumer queue's dead-letter queue (passive declares: no
+        configure permission needed; every service checks at start that these queues exist)."""
+        chan = self._link.channel
+        if chan is None or not chan.is_open:
+            return {}
+        counts = {}
+        for q in self._topology.queues:
+            ok = await self._link.call(lambda cb, n=q.dlq: chan.queue_declare(
+                n, passive=True, callback=cb))  # fmt: skip
+            counts[q.name] = ok.method.message_count
+        return counts
+
     async def start(self, stop: asyncio.Event) -> bool:
         """Connect, declare the topology and start consuming; False if `stop` came first.
 
