@@ -14,7 +14,6 @@ import csv
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from services.model.artifact import train
 from tests import session_broker
 from tests.broker_choice import SETTING, default, selected
 from tests.session_broker import Broker
+from tools.broker import free_port
 from tools.otlp_sink import Receiver, Span
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,12 +161,6 @@ def service_env(amqp_url: str, model_path: Path, tmp_path: Path) -> dict[str, st
         "FEATURES_INTERVAL_S": "0",
         "OTEL_TRACES_EXPORTER": "none",
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Services:

@@ -15,6 +15,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator, Mapping
@@ -130,3 +131,10 @@ def _socket_inodes(proc: Path) -> set[str]:
                 if link.startswith("socket:["):
                     found.add(link[8:-1])
     return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (for a dashboard the tests or bench start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,7 +9,8 @@ Figures:
   every guarantee on and every span exported; again with 1% trace sampling; and for the bare
   reference pipeline (tools/bench/reference.py) in the same invocation, for the ratio;
 - p50/p99 emit-to-record latency with features paced at 200 rows/s;
-- the same without the monitor (a catalog copy without its queues), for what the monitor costs;
+- the same without the side consumers, the monitor and the dashboard (a catalog copy without
+  their queues), for what they cost;
 - CPU per row for each service and for the broker (from /proc, over the measured window);
 - the metric service's resident memory at the start and the end of the full-speed run.
 Each figure is the median of the runs, with min and max.
@@ -35,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tools.bench import encoding
-from tools.broker import Target
+from tools.broker import Target, free_port
 from tools.otlp_sink import Receiver
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -67,15 +68,17 @@ class Pipeline:
 
 
 _CORE_QUEUES = ("model.features", "metric.y_true", "metric.y_pred")
+# The consumers `modelwatch up` runs beside the pipeline: they read what it produces and may lag.
+SIDE_CONSUMERS = ("monitor", "dashboard")
+_SIDE_QUEUES = ("monitor.features", "monitor.metric_record", "dashboard.metric_record")
 MODELWATCH = Pipeline(
     "modelwatch", lambda s: [sys.executable, "-m", f"services.{s}"],
-    (*_CORE_QUEUES, "monitor.features", "monitor.metric_record"), ("metric", "model", "monitor"),
-    ("monitor.features", "monitor.metric_record"),
+    (*_CORE_QUEUES, *_SIDE_QUEUES), ("metric", "model", "monitor", "dashboard"), _SIDE_QUEUES,
 )  # fmt: skip
-# The same services with a catalog that has no monitor (no monitor queues, no metric_record
-# publishes): what the monitor costs, in the same run.
-WITHOUT_MONITOR = Pipeline(
-    "modelwatch without the monitor", lambda s: [sys.executable, "-m", f"services.{s}"],
+# The same services with a catalog that has no side consumers (no monitor or dashboard queues, no
+# metric_record publishes): what they cost, in the same run.
+CORE_ONLY = Pipeline(
+    "modelwatch without the side consumers", lambda s: [sys.executable, "-m", f"services.{s}"],
     _CORE_QUEUES,
 )  # fmt: skip
 REFERENCE = Pipeline(
@@ -84,13 +87,13 @@ REFERENCE = Pipeline(
 )  # fmt: skip
 
 
-def catalog_without_monitor(folder: Path, contracts: Path) -> Path:
-    """A copy of `contracts` in which nobody consumes for the monitor."""
+def catalog_core_only(folder: Path, contracts: Path) -> Path:
+    """A copy of `contracts` in which neither the monitor nor the dashboard consumes."""
     copy = folder / "contracts"
     shutil.copytree(contracts, copy, dirs_exist_ok=True)
     catalog = json.loads((copy / "catalog.json").read_text())
     for spec in catalog["types"].values():
-        spec["consumers"] = [c for c in spec["consumers"] if c["service"] != "monitor"]
+        spec["consumers"] = [c for c in spec["consumers"] if c["service"] not in SIDE_CONSUMERS]
     (copy / "catalog.json").write_text(json.dumps(catalog))
     return copy
 
@@ -104,7 +107,7 @@ class Result:
     cpu_us_per_row: dict[str, float]
     metric_rss_mib: tuple[float, float]
     spans_per_row: float
-    lag_s: float = 0.0  # from the last row recorded to the lagging queues empty
+    lag_s: float = 0.0  # from the last row recorded to the side consumers' queues empty
 
 
 def run_once(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str],
@@ -123,6 +126,8 @@ def _run(pipeline: Pipeline, rows: int, interval_s: float, env: dict[str, str], 
         "METRIC_ORPHAN_LOG_PATH": str(work / "orphans.csv"),
         "METRIC_STATE_PATH": str(work / "metric_state.sqlite3"),
         "MONITOR_STATE_PATH": str(work / "monitor_state.sqlite3"),
+        "DASHBOARD_STATE_PATH": str(work / "dashboard_state.json"),
+        "DASHBOARD_ADDR": f"127.0.0.1:{free_port()}",
         "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
         "FEATURES_COUNT": str(rows),
         "FEATURES_INTERVAL_S": str(interval_s),
@@ -308,20 +313,18 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
     }
     sampled = {**traced, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                "OTEL_TRACES_SAMPLER_ARG": "0.01"}  # fmt: skip
-    keys = ("full", "sampled", "reference", "paced", "without_monitor")
+    keys = ("full", "sampled", "reference", "paced", "core_only")
     figures: dict[str, list[Result]] = {k: [] for k in keys}
     target = Target.from_env()
     scratch = Path(tempfile.mkdtemp(prefix="modelwatch-bench-contracts-"))
     contracts = Path(os.environ.get("CONTRACTS_DIR", Path(__file__).parents[2] / "contracts"))
-    bare = {**traced, "CONTRACTS_DIR": str(catalog_without_monitor(scratch, contracts))}
+    bare = {**traced, "CONTRACTS_DIR": str(catalog_core_only(scratch, contracts))}
     try:
         for i in range(runs):
             print(f"run {i + 1}/{runs}", file=sys.stderr, flush=True)
             figures["reference"].append(run_once(REFERENCE, rows, 0, traced, sink, target))
             figures["full"].append(run_once(MODELWATCH, rows, 0, traced, sink, target))
-            figures["without_monitor"].append(
-                run_once(WITHOUT_MONITOR, rows, 0, bare, sink, target)
-            )
+            figures["core_only"].append(run_once(CORE_ONLY, rows, 0, bare, sink, target))
             figures["sampled"].append(run_once(MODELWATCH, rows, 0, sampled, sink, target))
             figures["paced"].append(run_once(MODELWATCH, latency_rows, 0.005, traced, sink, target))
     finally:
@@ -338,11 +341,8 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
         "ratio_to_reference": summarize(
             [f.rows_per_s / r.rows_per_s for f, r in zip(full, ref, strict=True)]
         ),
-        "ratio_to_reference_without_monitor": summarize(
-            [
-                f.rows_per_s / r.rows_per_s
-                for f, r in zip(figures["without_monitor"], ref, strict=True)
-            ]
+        "ratio_to_reference_core_only": summarize(
+            [f.rows_per_s / r.rows_per_s for f, r in zip(figures["core_only"], ref, strict=True)]
         ),
         "paced_200_rows_per_s": {
             "rows": latency_rows,
@@ -351,16 +351,16 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
         },
         "cpu_us_per_row": {
             k: summarize([r.cpu_us_per_row[k] for r in full if k in r.cpu_us_per_row])
-            for k in ("features", "model", "metric", "monitor", "broker")
+            for k in ("features", "model", "metric", "monitor", "dashboard", "broker")
             if any(k in r.cpu_us_per_row for r in full)
         },
-        "cpu_us_per_row_without_monitor": {
-            k: summarize([r.cpu_us_per_row[k] for r in figures["without_monitor"]])
+        "cpu_us_per_row_core_only": {
+            k: summarize([r.cpu_us_per_row[k] for r in figures["core_only"]])
             for k in ("features", "model", "metric", "broker")
-            if all(k in r.cpu_us_per_row for r in figures["without_monitor"])
+            if all(k in r.cpu_us_per_row for r in figures["core_only"])
         },
         "spans_per_row": summarize([r.spans_per_row for r in full]),
-        "monitor_lag_s": summarize([r.lag_s for r in full]),
+        "side_consumers_lag_s": summarize([r.lag_s for r in full]),
         "otlp_encode_us_per_span": encoding.us_per_span(),
         "metric_rss_mib_start_end": [full[-1].metric_rss_mib[0], full[-1].metric_rss_mib[1]],
     }
@@ -383,19 +383,19 @@ def table(report: dict) -> str:
         f"rows/s, bare reference pipeline               {fmt(report['reference_rows_per_s'])}",
         f"ratio to the reference                        "
         f"{fmt(report['ratio_to_reference'], 'x', 2)}",
-        f"ratio to the reference without the monitor    "
-        f"{fmt(report['ratio_to_reference_without_monitor'], 'x', 2)}",
+        f"ratio, without monitor and dashboard          "
+        f"{fmt(report['ratio_to_reference_core_only'], 'x', 2)}",
         f"p50 latency at 200 rows/s                     "
         f"{fmt(report['paced_200_rows_per_s']['p50_ms'], ' ms', 1)}",
         f"p99 latency at 200 rows/s                     "
         f"{fmt(report['paced_200_rows_per_s']['p99_ms'], ' ms', 1)}",
     ]
-    alone = report["cpu_us_per_row_without_monitor"]
+    alone = report["cpu_us_per_row_core_only"]
     for name, figure in report["cpu_us_per_row"].items():
-        without = f"  without the monitor {alone[name]['median']:.0f}" if name in alone else ""
+        without = f"  without them {alone[name]['median']:.0f}" if name in alone else ""
         lines.append(f"CPU per row, {name:<9}                        {fmt(figure, ' us')}{without}")
-    lines.append(f"monitor done after the last row              "
-                 f"{fmt(report['monitor_lag_s'], ' s', 1)}")  # fmt: skip
+    lines.append(f"monitor, dashboard done after the last row   "
+                 f"{fmt(report['side_consumers_lag_s'], ' s', 1)}")  # fmt: skip
     spans = fmt(report["spans_per_row"], "", 1)
     lines.append(f"spans exported per row                        {spans}")
     enc = report["otlp_encode_us_per_span"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tools.bench.run import rss_mib
 from tools.bench.spy import Spy
-from tools.broker import Target
+from tools.broker import Target, free_port
 
 
 def soak(rows: int, close_every_s: float, model_path: Path) -> dict:
@@ -37,14 +37,16 @@ def _soak(target: Target, vhost: str, rows: int, close_every_s: float, model_pat
            "METRIC_ORPHAN_LOG_PATH": str(work / "orphans.csv"),
            "METRIC_STATE_PATH": str(work / "metric_state.sqlite3"),
            "MONITOR_STATE_PATH": str(work / "monitor_state.sqlite3"),
+           "DASHBOARD_STATE_PATH": str(work / "dashboard_state.json"),
+           "DASHBOARD_ADDR": f"127.0.0.1:{free_port()}",
            "OTEL_TRACES_EXPORTER": "none", "LOG_LEVEL": "WARNING"}  # fmt: skip
     spy = Spy(url, "features", "soak.spy")
-    procs = {n: _start(n, env, work) for n in ("metric", "model", "monitor")}
+    procs = {n: _start(n, env, work) for n in ("metric", "model", "monitor", "dashboard")}
     time.sleep(3)
     procs["features"] = _start("features", {**env, "FEATURES_COUNT": str(rows),
                                             "FEATURES_INTERVAL_S": "0"}, work)  # fmt: skip
     started, closes = time.monotonic(), 0
-    memory: dict[str, list[float]] = {"metric": [], "monitor": []}
+    memory: dict[str, list[float]] = {"metric": [], "monitor": [], "dashboard": []}
     try:
         while procs["features"].poll() is None or _rows(work) < rows:
             time.sleep(close_every_s)
