@@ -12,6 +12,8 @@ MESSAGING_DESTINATION_NAME = "messaging.destination.name"
 MESSAGING_MESSAGE_ID = "messaging.message.id"
 MESSAGING_ROUTING_KEY = "messaging.rabbitmq.destination.routing_key"
 MESSAGING_BATCH_MESSAGE_COUNT = "messaging.batch.message_count"
+MESSAGING_SUBSCRIPTION_NAME = "messaging.destination.subscription.name"  # the queue consumed
+ERROR_TYPE = "error.type"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 
@@ -24,6 +26,8 @@ BATCH_ROWS = "modelwatch.batch.rows"
 """How many consumed messages one flush made durable (and then acknowledged) together."""
 DEAD_LETTER_REASON = "modelwatch.dead_letter.reason"
 """Why a message was dead-lettered (the same text as its x-error-reason header)."""
+DEAD_LETTER_REASON_CLASS = "modelwatch.dead_letter.reason_class"
+"""The class of a dead letter's reason (invalid_json, schema_violation, ...), a metric label."""
 SCHEMA_ID = "modelwatch.schema.id"
 """The $id of the schema version a message was validated against."""
 
@@ -33,4 +37,5 @@ CUSTOM = {
     BATCH_ROWS: "consumed messages made durable and acknowledged together by one flush",
     DEAD_LETTER_REASON: "why the message was dead-lettered (as in x-error-reason)",
     SCHEMA_ID: "$id of the schema version the message was validated against",
+    DEAD_LETTER_REASON_CLASS: "the dead letter's reason class, a metric label (docs/metrics.md)",
 }

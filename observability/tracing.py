@@ -55,7 +55,7 @@ _BSP_DEFAULTS = {
 }
 
 
-class _Health:
+class ExportHealth:
     """Whether span export is failing right now; shared by the exporters of this process."""
 
     failing = False
@@ -70,10 +70,7 @@ def setup_tracing(default_name: str, env: Mapping[str, str] = os.environ) -> Non
     sampler = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
     if sampler not in SAMPLERS:
         raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {sorted(SAMPLERS)}, got {sampler!r}")
-    resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: default_name}))
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    provider = TracerProvider(resource=service_resource(default_name), shutdown_on_exit=False)
     batching = {key: _bsp(env, variable) for variable, key in _BSP.items()}
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(_Reporting(exporter), **batching))
@@ -92,6 +89,14 @@ def setup_tracing(default_name: str, env: Mapping[str, str] = os.environ) -> Non
     logging.getLogger("opentelemetry.sdk._shared_internal").addFilter(_Once())
 
 
+def service_resource(default_name: str) -> Resource:
+    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the service's own name only as fallback."""
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: default_name}))
+    return resource
+
+
 def _bsp(env: Mapping[str, str], variable: str) -> int:
     raw = env.get(variable, "").strip()
     if not raw:
@@ -105,7 +110,7 @@ def shutdown_tracing(timeout_s: float = 5.0) -> None:
     """Export what is buffered, but never wait more than `timeout_s` for a backend to answer."""
     if _provider is None:
         return
-    if _Health.failing:
+    if ExportHealth.failing:
         timeout_s = min(timeout_s, 0.5)  # a backend that is down will not take them now either
     worker = threading.Thread(target=_provider.shutdown, daemon=True, name="otel-shutdown")
     worker.start()
@@ -163,8 +168,8 @@ class _ExportTrouble(logging.Handler):
     """Receives the exporters' own log records: the first failure becomes our one warning."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING and not _Health.failing:
-            _Health.failing = True
+        if record.levelno >= logging.WARNING and not ExportHealth.failing:
+            ExportHealth.failing = True
             log.warning(
                 "trace export is failing (%s); spans are dropped until it works again "
                 "(rows are recorded as usual)",
@@ -184,10 +189,10 @@ class _Reporting(SpanExporter):
         except Exception as exc:  # noqa: BLE001 - an exporter bug must not reach the pipeline
             logging.getLogger("opentelemetry.exporter").error("export raised %r", exc)
             result = SpanExportResult.FAILURE
-        if result is SpanExportResult.FAILURE and not _Health.failing:
+        if result is SpanExportResult.FAILURE and not ExportHealth.failing:
             logging.getLogger("opentelemetry.exporter").warning("%s failed", type(self._inner))
-        elif result is SpanExportResult.SUCCESS and _Health.failing:
-            _Health.failing = False
+        elif result is SpanExportResult.SUCCESS and ExportHealth.failing:
+            ExportHealth.failing = False
             log.warning("trace export works again")
         return result
 

@@ -154,6 +154,8 @@ class ComposeBroker:
             env["RABBITMQ_URL"] = urlunsplit(url._replace(netloc=netloc))
         if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
+        if "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT" in env:  # Prometheus' OTLP receiver in compose
+            env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] = f"{otlp_endpoint}/v1/metrics"
         for key, value in env.items():
             if isinstance(value, str) and value.startswith("/app/logs/"):
                 env[key] = str(logs / value.removeprefix("/app/logs/"))

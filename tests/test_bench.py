@@ -45,6 +45,8 @@ def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
     assert report["ratio_to_reference_core_only"]["median"] > 0
     assert set(report["cpu_us_per_row_core_only"]) >= {"features", "model", "metric"}
     assert report["side_consumers_lag_s"]["min"] >= 0
+    assert report["ratio_to_reference_without_metrics"]["median"] > 0
+    assert report["metric_exports"] > 0, "the services exported their metrics over OTLP"
     assert "without monitor and dashboard" in done.stdout
     if broker.installation is not None:  # a broker on this machine: its VM's CPU is found too
         assert report["cpu_us_per_row"]["broker"]["median"] > 0

@@ -79,6 +79,9 @@ def test_images_are_pinned_and_services_wait_for_a_healthy_broker(compose: dict)
     services = compose["services"]
     assert re.fullmatch(r"rabbitmq:4\.\d+\.\d+-management", services["rabbitmq"]["image"])
     assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", services["jaeger"]["image"])
+    assert re.fullmatch(r"prom/prometheus:v2\.53\.\d+", services["prometheus"]["image"])
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", services["grafana"]["image"])
+    assert "--enable-feature=otlp-write-receiver" in services["prometheus"]["command"]
     assert "rabbitmq-diagnostics" in services["rabbitmq"]["healthcheck"]["test"]
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", (REPO / "Dockerfile").read_text(), re.M)
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", ENV_EXAMPLE["PYTHON_IMAGE"])
@@ -92,6 +95,9 @@ def test_images_are_pinned_and_services_wait_for_a_healthy_broker(compose: dict)
         assert (url.username, url.hostname, url.path) == (name, "rabbitmq", "/modelwatch")
         assert service["environment"]["OTEL_SERVICE_NAME"] == name
         assert service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        assert service["environment"]["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] == (
+            "http://prometheus:9090/api/v1/otlp/v1/metrics"
+        )
     assert "RABBITMQ_URL" not in services["plot"]["environment"]
     for name in ("metric", "plot"):
         assert "./logs:/app/logs" in services[name]["volumes"]
@@ -108,7 +114,7 @@ def test_every_password_variable_is_wired_through(compose: dict) -> None:
 
 def test_every_service_setting_in_compose_is_documented(compose: dict) -> None:
     settings = (REPO / "docs" / "settings.md").read_text()
-    for name in ("features", "model", "metric", "plot"):
+    for name in (*BROKER_SERVICES, "plot"):
         for variable in compose["services"][name]["environment"]:
             assert f"`{variable}`" in settings, f"{variable} (compose) is not in docs/settings.md"
 
@@ -266,6 +272,8 @@ def _as_deployed(compose: dict, name: str, d: Deployment, receiver: Receiver, lo
         env["RABBITMQ_URL"] = d.url(name)
     if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+    if "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT" in env:
+        env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] = f"{receiver.endpoint}/v1/metrics"
     for key, value in env.items():
         if isinstance(value, str) and value.startswith("/app/logs/"):
             env[key] = str(logs / value.removeprefix("/app/logs/"))

@@ -52,6 +52,8 @@ def start(service: str, **env: str) -> subprocess.CompletedProcess:
         ("dashboard", "JAEGER_UI_URL", "jaeger:16686"),
         ("dashboard", "DASHBOARD_ASSETS_DIR", "/tmp"),
         ("dashboard", "DASHBOARD_PUSH_S", "0"),
+        ("model", "OTEL_METRICS_EXPORTER", "statsd"),
+        ("metric", "OTEL_METRIC_EXPORT_INTERVAL", "soon"),
     ],
 )
 def test_bad_value_fails_naming_the_variable(service: str, variable: str, value: str) -> None:

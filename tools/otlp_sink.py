@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -47,11 +51,24 @@ def _value(v: AnyValue) -> Any:
     return getattr(v, kind) if kind else None
 
 
+@dataclass
+class Point:
+    """One metric data point as exported: a sum's or gauge's value, a histogram's count."""
+
+    service: str
+    name: str
+    attributes: dict[str, Any]
+    value: float
+    histogram_sum: float = 0.0
+
+
 class Receiver:
     """Listens on 127.0.0.1 at a free port; `endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT takes."""
 
     def __init__(self, keep: bool = True) -> None:
         self.spans: list[Span] = []
+        self.points: list[Point] = []  # every metric data point of every export, in order
+        self.metric_requests = 0
         self.requests = 0
         self.count = 0  # spans received, kept or not
         self._keep = keep
@@ -63,10 +80,13 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                request = ExportTraceServiceRequest.FromString(body)
-                receiver._add(request)
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200 if self.path == "/v1/traces" else 404)
+                if self.path == "/v1/metrics":
+                    receiver._add_metrics(ExportMetricsServiceRequest.FromString(body))
+                    reply = ExportMetricsServiceResponse().SerializeToString()
+                else:
+                    receiver._add(ExportTraceServiceRequest.FromString(body))
+                    reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if self.path in ("/v1/traces", "/v1/metrics") else 404)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
@@ -79,6 +99,38 @@ class Receiver:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    def _add_metrics(self, request: ExportMetricsServiceRequest) -> None:
+        with self._lock:
+            self.metric_requests += 1
+        if not self._keep:
+            return
+        found = []
+        for rm in request.resource_metrics:
+            service = next((_value(a.value) for a in rm.resource.attributes
+                            if a.key == "service.name"), "")  # fmt: skip
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    kind = metric.WhichOneof("data")
+                    for p in getattr(metric, kind).data_points:
+                        attrs = {a.key: _value(a.value) for a in p.attributes}
+                        if kind == "histogram":
+                            found.append(Point(service, metric.name, attrs, p.count, p.sum))
+                        else:
+                            value = p.as_int if p.WhichOneof("value") == "as_int" else p.as_double
+                            found.append(Point(service, metric.name, attrs, value))
+        with self._lock:
+            self.points += found
+
+    def latest(self, name: str, **attributes: Any) -> dict[str, float]:
+        """The last exported value of metric `name` per service, among points with `attributes`."""
+        with self._lock:
+            points = list(self.points)
+        return {
+            p.service: p.value
+            for p in points
+            if p.name == name and all(p.attributes.get(k) == v for k, v in attributes.items())
+        }
 
     def _add(self, request: ExportTraceServiceRequest) -> None:
         if not self._keep:

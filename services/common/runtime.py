@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from observability import setup_tracing, shutdown_tracing
+from observability import setup_metrics, setup_tracing, shutdown_metrics, shutdown_tracing
 from observability.tracing import TraceContextFilter
 from services.common.broker import BrokerError
 from services.common.broker.broker import BackgroundTaskFailed
@@ -43,6 +43,7 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[int | None]]) ->
     try:
         setup_logging(service)
         setup_tracing(service)
+        setup_metrics(service)
         tune_gc()
         status = asyncio.run(_with_signals(main))
     except ConfigError as exc:
@@ -58,6 +59,7 @@ def run(service: str, main: Callable[[asyncio.Event], Awaitable[int | None]]) ->
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
         shutdown_tracing()
+        shutdown_metrics()
     sys.exit(status or 0)
 
 

@@ -7,6 +7,8 @@ import asyncio
 import functools
 import logging
 
+from observability import attributes as attr
+from observability import instruments
 from services.common.broker import Broker
 from services.common.contracts import Contracts
 from services.common.runtime import run
@@ -24,6 +26,7 @@ async def sweep_forever(store: Store, contracts: Contracts, settings: Settings) 
     while True:
         await asyncio.sleep(every)
         sweep(store, contracts, settings)
+        instruments().orphans.set((), store.orphaned)
 
 
 async def main(stop: asyncio.Event) -> None:
@@ -48,8 +51,14 @@ async def main(stop: asyncio.Event) -> None:
     recorded = asyncio.Event()
     recorded.set()  # rows left unpublished by an earlier run go first
 
+    meters = instruments()
+
     def flush() -> None:
-        store.flush()
+        for row in store.flush():  # counted once durable, like the rows in the CSV
+            meters.rows.add(((attr.MODEL_VERSION, row["model_version"]),))
+            meters.absolute_error.record(row["absolute_error"],
+                                         {attr.MODEL_VERSION: row["model_version"]})  # fmt: skip
+        meters.orphans.set((), store.orphaned)
         if store.outbox:
             recorded.set()
 

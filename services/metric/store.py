@@ -109,6 +109,7 @@ class Store:
         # The rows flushed but not yet published as metric_record messages (the outbox), each
         # batch with the CSV's end after it; `published` is where the confirmed ones end.
         self.outbox: deque[tuple[list[tuple[dict, Any]], int]] = deque()
+        self.orphaned = 0  # orphan records written since start, for the orphans metric
         self._recorded: list[tuple[dict, Any]] = []
         self._published_key = f"published:{metrics.path}"
         found = self._db.execute(
@@ -152,6 +153,7 @@ class Store:
 
     def orphan(self, half: Half, record: dict) -> None:
         self.orphans.add(record)
+        self.orphaned += 1
         self._put(half, "orphaned")
 
     def expired(self, older_than: float) -> list[Half]:
@@ -174,8 +176,9 @@ class Store:
     def pending_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM halves WHERE state = 'pending'").fetchone()[0]
 
-    def flush(self) -> None:
-        """Make everything since the last flush durable: CSV lines first, then the database."""
+    def flush(self) -> list[dict]:
+        """Make everything since the last flush durable: CSV lines first, then the database.
+        Returns the rows it made durable."""
         self.metrics.flush()
         self.orphans.flush()
         self._set_end(self.metrics)
@@ -183,7 +186,9 @@ class Store:
         self._commit()
         if self._recorded and self._publish:
             self.outbox.append((self._recorded, self.metrics.size))
+        rows = [row for row, _ in self._recorded]
         self._recorded = []
+        return rows
 
     def mark_published(self, end: int) -> None:
         """The rows up to `end` of the metrics CSV were confirmed as messages (saved with the

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
+from observability import attributes as attr
+from observability import instruments
 from services.common.messages import Message, Outgoing
 from services.monitor import handler
 from services.monitor.settings import Judging
@@ -59,8 +61,29 @@ class Monitor:
             self.store.snapshot(self.state.to_dict())
         elif event.kind != "tick":
             self.store.append(event)
+        measure(out)
         for alert in (o for o in out if o.type == "alert"):
             self.store.alert(alert.payload)
             log.warning("alert %s %s: %s", alert.payload["state"], alert.payload["alert"],
                         alert.payload["summary"])  # fmt: skip
         return out
+
+
+def measure(out: list[Outgoing]) -> None:
+    """The statistics of each reported window, and which alerts are open, as gauges."""
+    meters = instruments()
+    for o in out:
+        p = o.payload
+        if o.type == "window_report":
+            for s in p["statistics"]:
+                labels = {
+                    "statistic": s["statistic"], "feature": s["feature"], "stream": p["stream"],
+                    attr.MODEL_VERSION: p["model_version"],
+                }  # fmt: skip
+                meters.statistic.set(s["value"], labels)
+                if s["threshold"] is not None:
+                    meters.threshold.set(s["threshold"], labels)
+        elif o.type == "alert":
+            labels = {"statistic": p["statistic"], "feature": p["feature"],
+                      attr.MODEL_VERSION: p["model_version"]}  # fmt: skip
+            meters.alert_open.set(0 if p["state"] == "resolved" else 1, labels)

@@ -311,9 +311,14 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
         "OTEL_BSP_MAX_QUEUE_SIZE": "262144",
     }
+    # Metrics exported as compose exports them (every 15 s), to the same receiver; "no_metrics"
+    # is the same pipeline with OTEL_METRICS_EXPORTER=none, for what exporting metrics costs.
+    traced |= {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_METRIC_EXPORT_INTERVAL": "15000",
+               "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"{sink.endpoint}/v1/metrics"}  # fmt: skip
+    unmetered = {**traced, "OTEL_METRICS_EXPORTER": "none"}
     sampled = {**traced, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                "OTEL_TRACES_SAMPLER_ARG": "0.01"}  # fmt: skip
-    keys = ("full", "sampled", "reference", "paced", "core_only")
+    keys = ("full", "sampled", "reference", "paced", "core_only", "no_metrics")
     figures: dict[str, list[Result]] = {k: [] for k in keys}
     target = Target.from_env()
     scratch = Path(tempfile.mkdtemp(prefix="modelwatch-bench-contracts-"))
@@ -325,6 +330,7 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
             figures["reference"].append(run_once(REFERENCE, rows, 0, traced, sink, target))
             figures["full"].append(run_once(MODELWATCH, rows, 0, traced, sink, target))
             figures["core_only"].append(run_once(CORE_ONLY, rows, 0, bare, sink, target))
+            figures["no_metrics"].append(run_once(MODELWATCH, rows, 0, unmetered, sink, target))
             figures["sampled"].append(run_once(MODELWATCH, rows, 0, sampled, sink, target))
             figures["paced"].append(run_once(MODELWATCH, latency_rows, 0.005, traced, sink, target))
     finally:
@@ -340,6 +346,9 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
         "reference_rows_per_s": summarize([r.rows_per_s for r in ref]),
         "ratio_to_reference": summarize(
             [f.rows_per_s / r.rows_per_s for f, r in zip(full, ref, strict=True)]
+        ),
+        "ratio_to_reference_without_metrics": summarize(
+            [f.rows_per_s / r.rows_per_s for f, r in zip(figures["no_metrics"], ref, strict=True)]
         ),
         "ratio_to_reference_core_only": summarize(
             [f.rows_per_s / r.rows_per_s for f, r in zip(figures["core_only"], ref, strict=True)]
@@ -360,6 +369,7 @@ def benchmark(rows: int, latency_rows: int, runs: int, model_path: Path, out: Pa
             if all(k in r.cpu_us_per_row for r in figures["core_only"])
         },
         "spans_per_row": summarize([r.spans_per_row for r in full]),
+        "metric_exports": sink.metric_requests,  # OTLP metric requests the receiver got, all runs
         "side_consumers_lag_s": summarize([r.lag_s for r in full]),
         "otlp_encode_us_per_span": encoding.us_per_span(),
         "metric_rss_mib_start_end": [full[-1].metric_rss_mib[0], full[-1].metric_rss_mib[1]],
@@ -383,6 +393,8 @@ def table(report: dict) -> str:
         f"rows/s, bare reference pipeline               {fmt(report['reference_rows_per_s'])}",
         f"ratio to the reference                        "
         f"{fmt(report['ratio_to_reference'], 'x', 2)}",
+        f"ratio, metrics not exported                   "
+        f"{fmt(report['ratio_to_reference_without_metrics'], 'x', 2)}",
         f"ratio, without monitor and dashboard          "
         f"{fmt(report['ratio_to_reference_core_only'], 'x', 2)}",
         f"p50 latency at 200 rows/s                     "

@@ -21,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from observability import attributes as attr
-from observability import tracer
+from observability import instruments, tracer
 from observability.messaging import processing, processing_batch
+from observability.metrics import Key, messaging_key
 from services.common.broker.connection import Connection
 from services.common.broker.deadletters import DeadLettering
 from services.common.broker.publisher import MessageTooLarge, Publisher
@@ -55,6 +57,17 @@ class Consumer:
     aggregate: bool = False  # one span per batch of deliveries, linked to each message
     tag: str = ""  # the consumer tag on the current channel
     delivered: int = 0  # deliveries received, for the watchdog
+    _keys: dict[str, tuple[Key, dict[str, Any]]] = field(default_factory=dict)
+
+    def measure(self, seconds: float, error: str) -> None:
+        """Count the delivery and record how long handling it took (observability/metrics.py)."""
+        found = self._keys.get(error)
+        if found is None:
+            key = messaging_key("process", self.spec.exchange, self.spec.name, error)
+            found = self._keys[error] = (key, dict(key))
+        meters = instruments()
+        meters.consumed.add(found[0])
+        meters.process_duration.record(seconds, found[1])
 
 
 class Consumers:
@@ -152,6 +165,15 @@ class Consumers:
         self, consumer: Consumer, chan: Channel, method: Basic.Deliver, props: BasicProperties,
         body: bytes, own_span: bool = False,
     ) -> None:  # fmt: skip
+        started = time.perf_counter()
+        error = self._handle(consumer, chan, method, props, body, own_span)
+        consumer.measure(time.perf_counter() - started, error)
+
+    def _handle(
+        self, consumer: Consumer, chan: Channel, method: Basic.Deliver, props: BasicProperties,
+        body: bytes, own_span: bool,
+    ) -> str:  # fmt: skip
+        """Handle one delivery; returns "" or the class of error that kept it from its effect."""
         tag = method.delivery_tag
         spec = consumer.spec
         try:
@@ -163,7 +185,7 @@ class Consumers:
             reason = exc.reason if isinstance(exc, Rejected) else f"output refused: {exc}"
             with self._failure_span(own_span, method, props):
                 self._dead_letter(spec, chan, tag, props, body, reason)
-            return
+            return type(exc).__name__
         except Exception as exc:  # noqa: BLE001 - a failing handler is retried, then dead-lettered
             with self._failure_span(own_span, method, props):
                 reason = self._dead.handler_failed(props, exc)
@@ -171,10 +193,10 @@ class Consumers:
                     self._dead_letter(spec, chan, tag, props, body, reason)
                 else:
                     self.settler.settle(chan, tag, requeue=True)
-            return
+            return type(exc).__name__
         if not prepared:
             self.settler.defer(chan, tag)
-            return
+            return ""
         state = {"left": len(prepared), "failed": ""}
 
         def confirmed(ok: bool, why: str) -> None:
@@ -190,6 +212,7 @@ class Consumers:
 
         for message in prepared:
             self._publisher.send_prepared(message, confirmed)
+        return ""
 
     def _failure_span(
         self, own_span: bool, method: Basic.Deliver, props: BasicProperties

@@ -18,6 +18,8 @@ from opentelemetry.trace import Status, StatusCode
 from pika.spec import BasicProperties
 
 from observability import attributes as attr
+from observability import instruments
+from observability.metrics import reason_class
 from services.common.broker.confirms import Confirmed
 from services.common.broker.publisher import Publisher
 from services.common.contracts import QueueSpec
@@ -45,6 +47,10 @@ class DeadLettering:
     ) -> None:  # fmt: skip
         """Publish the input unchanged to `<queue>.dlq` with why; `on_done` hears the confirm."""
         log.warning("dead-lettering %s from %s: %s", props.message_id, spec.name, reason)
+        instruments().dead_letters.add(
+            ((attr.MESSAGING_SUBSCRIPTION_NAME, spec.name), (attr.DEAD_LETTER_REASON_CLASS,
+                                                            reason_class(reason)))
+        )  # fmt: skip
         span = trace.get_current_span()
         span.set_attribute(attr.DEAD_LETTER_REASON, reason)
         span.set_status(Status(StatusCode.ERROR, reason))

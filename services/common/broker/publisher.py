@@ -21,7 +21,9 @@ from opentelemetry.trace import SpanContext
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
+from observability import instruments
 from observability.messaging import publishing
+from observability.metrics import Key, messaging_key
 from services.common.broker.confirms import Confirmed, Confirms
 from services.common.broker.connection import Connection, why
 from services.common.contracts import Contracts
@@ -49,6 +51,7 @@ class Publisher:
         self._max_size = max_size
         self._max_size_from = "RABBITMQ_MAX_MESSAGE_SIZE"
         self.confirms = Confirms()
+        self._keys: dict[tuple[str, str], Key] = {}  # metric attributes per (exchange, error)
         link.on_open(self._on_open)
         link.on_channel_error(self._learn_max_size)
 
@@ -95,8 +98,10 @@ class Publisher:
         """Publish now; `on_done(ok, why)` hears the broker's answer (or that it cannot come)."""
         chan = self._link.channel
         if chan is None or not chan.is_open:
+            self._count(exchange, "not_connected")
             on_done(False, "not connected")
             return
+        self._count(exchange, "")
         # Trace context rides in the AMQP headers, written inside the PRODUCER span.
         server = self._link.server
         with publishing(exchange, key, props.message_id or "", props.headers, server, parent):
@@ -139,6 +144,12 @@ class Publisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             pending = [item for item, _ in failed]
+
+    def _count(self, exchange: str, error: str) -> None:
+        key = self._keys.get((exchange, error))
+        if key is None:
+            key = self._keys[exchange, error] = messaging_key("publish", exchange, error=error)
+        instruments().sent.add(key)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
