@@ -47,12 +47,13 @@ class DeadLettering:
     ) -> None:  # fmt: skip
         """Publish the input unchanged to `<queue>.dlq` with why; `on_done` hears the confirm."""
         log.warning("dead-lettering %s from %s: %s", props.message_id, spec.name, reason)
+        kind = reason_class(reason)
         instruments().dead_letters.add(
-            ((attr.MESSAGING_SUBSCRIPTION_NAME, spec.name), (attr.DEAD_LETTER_REASON_CLASS,
-                                                            reason_class(reason)))
-        )  # fmt: skip
+            ((attr.MESSAGING_SUBSCRIPTION_NAME, spec.name), (attr.DEAD_LETTER_REASON_CLASS, kind))
+        )
         span = trace.get_current_span()
         span.set_attribute(attr.DEAD_LETTER_REASON, reason)
+        span.set_attribute(attr.DEAD_LETTER_REASON_CLASS, kind)
         span.set_status(Status(StatusCode.ERROR, reason))
         headers = dict(props.headers or {})
         headers.update(
