@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,7 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from observability import attributes as attr
-from observability.tracing import ExportHealth, service_resource
+from observability.tracing import grpc_missing, service_resource, shut_down
 from services.common.settings import ConfigError
 
 log = logging.getLogger("modelwatch.metrics")
@@ -85,13 +84,8 @@ def setup_metrics(default_name: str, env: Mapping[str, str] = os.environ) -> Non
 
 def shutdown_metrics(timeout_s: float = 5.0) -> None:
     """Export the last values, but never wait more than `timeout_s` for a backend."""
-    if _provider is None:
-        return
-    if ExportHealth.failing:
-        timeout_s = min(timeout_s, 0.5)  # a backend that is down will not take them now either
-    worker = threading.Thread(target=_provider.shutdown, daemon=True, name="otel-metrics-shutdown")
-    worker.start()
-    worker.join(timeout_s)
+    if _provider is not None:
+        shut_down(_provider.shutdown, timeout_s)
 
 
 def _prometheus(env: Mapping[str, str]) -> MetricReader:
@@ -131,10 +125,7 @@ def _otlp(env: Mapping[str, str]) -> MetricExporter:
                 OTLPMetricExporter as GrpcExporter,
             )
         except ImportError:
-            raise ConfigError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter, an optional extra: "
-                "pip install 'modelwatch[grpc]' (or use http/protobuf)"
-            ) from None
+            raise grpc_missing() from None
         return GrpcExporter()
     raise ConfigError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc, got {protocol!r}"

@@ -16,7 +16,7 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -108,15 +108,26 @@ def _bsp(env: Mapping[str, str], variable: str) -> int:
 
 def shutdown_tracing(timeout_s: float = 5.0) -> None:
     """Export what is buffered, but never wait more than `timeout_s` for a backend to answer."""
-    if _provider is None:
-        return
+    if _provider is not None and not shut_down(_provider.shutdown, timeout_s):
+        log.warning("trace backend did not take the last spans within %g s; dropped", timeout_s)
+
+
+def shut_down(shutdown: Callable[[], object], timeout_s: float) -> bool:
+    """Run a provider's `shutdown` (its last export) for at most `timeout_s`, 0.5 s while exports
+    are failing; False if it had not finished by then."""
     if ExportHealth.failing:
         timeout_s = min(timeout_s, 0.5)  # a backend that is down will not take them now either
-    worker = threading.Thread(target=_provider.shutdown, daemon=True, name="otel-shutdown")
+    worker = threading.Thread(target=shutdown, daemon=True, name="otel-shutdown")
     worker.start()
     worker.join(timeout_s)
-    if worker.is_alive():
-        log.warning("trace backend did not take the last spans within %g s; dropped", timeout_s)
+    return not worker.is_alive()
+
+
+def grpc_missing() -> ConfigError:
+    return ConfigError(
+        "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter, an optional extra: "
+        "pip install 'modelwatch[grpc]' (or use http/protobuf)"
+    )
 
 
 @functools.cache
@@ -154,10 +165,7 @@ def _otlp(env: Mapping[str, str]) -> SpanExporter:
                 OTLPSpanExporter as GrpcExporter,
             )
         except ImportError:
-            raise ConfigError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter, an optional extra: "
-                "pip install 'modelwatch[grpc]' (or use http/protobuf)"
-            ) from None
+            raise grpc_missing() from None
         return GrpcExporter()
     raise ConfigError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or grpc, got {protocol!r}"

@@ -79,7 +79,8 @@ try {
   const kept = await page.locator(`#open-alerts tbody tr[data-alert="${alertId}"]`).count();
   const resumed = await grows("rows-total", 30000);
   await shot("4-after-restart");
-  say({ kept, resumed, errors });
+  const ids = await page.locator("#rows tbody tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.messageId));
+  say({ kept, resumed, errors, ids });
   step = "done";
   say({});
 } catch (e) {

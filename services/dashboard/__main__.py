@@ -42,11 +42,11 @@ def listen(settings: Settings) -> socket.socket:
 
 async def count_dead_letters(broker: Broker, view: View) -> None:
     while True:
-        await asyncio.sleep(DEAD_LETTERS_EVERY_S)
         try:
             view.set_dead_letters(await broker.dead_letter_counts())
         except Exception as exc:  # noqa: BLE001 - the channel closed: the reconnect handles it
             log.debug("dead-letter counts skipped: %r", exc)
+        await asyncio.sleep(DEAD_LETTERS_EVERY_S)
 
 
 async def save_every(store: ViewStore) -> None:

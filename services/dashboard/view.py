@@ -18,6 +18,9 @@ WINDOWS = 120  # windows kept per stream: the charts' x axis
 ALERT_EVENTS = 100  # firing and resolved messages kept, newest last
 RATE_S = 10  # rows/s is measured over this many seconds
 HEARTBEAT_S = 2.0  # an update goes out at least this often, so the page sees a live stream
+# Row ids remembered to drop a redelivery (a restart redelivers what was not yet acked: up to the
+# prefetch); more than PREFETCH's default, and a few dozen kB.
+SEEN = 2048
 ROW_FIELDS = ("message_id", "trace_id", "y_true", "y_pred", "absolute_error", "model_version",
               "recorded_at", "latency_ms")  # fmt: skip
 
@@ -34,6 +37,8 @@ class View:
         self.dead_letters: dict[str, int] = {}
         self.model_version = ""
         self._arrivals: deque[list[float]] = deque()  # [second, rows that arrived in it]
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque(maxlen=SEEN)
         self._new: dict[str, list[dict[str, Any]]] = {"rows": [], "windows": [], "alerts": []}
         self._dirty = False
         self._last_push = float("-inf")
@@ -43,6 +48,13 @@ class View:
     # -- applying messages ----------------------------------------------------------------------
 
     def row(self, record: dict[str, Any]) -> None:
+        """Show and count a recorded row, once: a row seen lately (redelivered) changes nothing."""
+        if record["message_id"] in self._seen:
+            return
+        if len(self._seen_order) == SEEN:
+            self._seen.discard(self._seen_order[0])
+        self._seen_order.append(record["message_id"])
+        self._seen.add(record["message_id"])
         row = {k: record[k] for k in ROW_FIELDS}
         self.rows.append(row)
         self.rows_total += 1
@@ -118,6 +130,9 @@ class View:
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.rows.extend(saved["rows"])
+        for row in saved["rows"]:
+            self._seen_order.append(row["message_id"])
+            self._seen.add(row["message_id"])
         self.rows_total = saved["rows_total"]
         for stream, windows in saved["windows"].items():
             self.windows[stream].update((w["id"], w) for w in windows)
