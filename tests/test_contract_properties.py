@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from services.common.contracts import Contracts
 from services.common.messages import Message, Rejected, encode_body
+from services.dashboard import handler as dashboard
+from services.dashboard.view import View
 from services.metric import handler as metric
 from services.model import handler as model
 from services.model.artifact import load, train
@@ -58,9 +60,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     return load(path)
 
 
-def handle(message: Message, trained) -> None:
+def handle(queue: str, message: Message, trained) -> None:
     """Run the consumer's handler; a reasoned rejection is fine, anything else is a crash."""
-    if message.type == "metric_record":
+    if queue.startswith("dashboard."):
+        assert dashboard.handle(View(), message) == []
+    elif message.type == "metric_record":
         monitor.event_of(message, 0.0, trained.feature_names)
     elif message.type == "features":
         [out] = model.handle(message, trained)
@@ -77,14 +81,27 @@ def test_every_instance_the_schema_allows_is_accepted_by_its_consumer(
     @PROPERTIES
     @given(from_schema(generation_schema(type_, version)))
     def accepted(instance: dict) -> None:
-        message = decode(queue, type_, version, encode_body(instance))
+        try:
+            body = encode_body(instance)
+        except TypeError:  # an integer wider than 64 bits, which no producer of ours can write
+            assume(False)
+        message = decode(queue, type_, version, body)
         assert message.payload == instance
         try:
-            handle(message, trained)
+            handle(queue, message, trained)
         except Rejected as exc:  # e.g. features so large the prediction overflows
             assert exc.reason
 
     accepted()
+
+
+def body_of(instance: object) -> bytes:
+    """The producers' encoding, or the standard library's for what orjson cannot write (an
+    integer wider than 64 bits), which the consumer must then refuse with a reason."""
+    try:
+        return encode_body(instance)
+    except TypeError:
+        return json.dumps(instance).encode()
 
 
 def _mutations(instance: dict) -> st.SearchStrategy[bytes]:
@@ -96,9 +113,9 @@ def _mutations(instance: dict) -> st.SearchStrategy[bytes]:
         ),
         st.just({**instance, "unexpected_field": 1}),
         st.just([instance]),
-    ).map(encode_body) | st.one_of(
-        st.just(encode_body(instance)[:-1]),
-        st.just(encode_body(instance).replace(b"{", b"{\xff", 1)),
+    ).map(body_of) | st.one_of(
+        st.just(body_of(instance)[:-1]),
+        st.just(body_of(instance).replace(b"{", b"{\xff", 1)),
         st.just(json.dumps({**instance, "id": float("nan")}).encode()),
     )
 
@@ -108,6 +125,12 @@ def test_every_mutation_is_rejected_with_a_reason(queue: str, type_: str, versio
     @PROPERTIES
     @given(from_schema(generation_schema(type_, version)).flatmap(_mutations))
     def rejected(body: bytes) -> None:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        # A replacement the schema happens to allow (e.g. "text" where a pattern takes it).
+        assume(not (isinstance(payload, dict) and not CONTRACTS.errors(type_, version, payload)))
         with pytest.raises(Rejected) as caught:
             decode(queue, type_, version, body)
         assert caught.value.reason
@@ -119,5 +142,5 @@ def test_examples_directory_is_what_the_properties_cover() -> None:
     assert {(t, v) for _, t, v in CONSUMED} == {
         (p.parts[-3], int(p.parts[-2][1:]))
         for p in Path(REPO / "contracts").glob("*/v*/schema.json")
-        if p.parts[-3] in ("features", "y_true", "y_pred", "metric_record")
+        if p.parts[-3] not in ("common", "orphan_record")  # shared definitions; a CSV row
     }
