@@ -204,7 +204,9 @@ def instruments() -> Instruments:
     return Instruments(metrics.get_meter("modelwatch"))
 
 
+@functools.cache
 def messaging_key(operation: str, exchange: str, queue: str = "", error: str = "") -> Key:
+    """The messaging attributes of a count, made once per combination (it is asked per message)."""
     key: list[tuple[str, Any]] = [
         (attr.MESSAGING_SYSTEM, "rabbitmq"),
         (attr.MESSAGING_OPERATION_NAME, operation),
@@ -215,6 +217,12 @@ def messaging_key(operation: str, exchange: str, queue: str = "", error: str = "
     if error:
         key.append((attr.ERROR_TYPE, error))
     return tuple(key)
+
+
+@functools.cache
+def attributes_of(key: Key) -> dict[str, Any]:
+    """`key` as the attributes dict an SDK instrument takes, made once per key."""
+    return dict(key)
 
 
 def reason_class(reason: str) -> str:

@@ -103,9 +103,9 @@ class Broker:
     async def dead_letter_counts(self) -> dict[str, int]:
         """Messages waiting in each consumer queue's dead-letter queue (passive declares: no
         configure permission needed; every service checks at start that these queues exist)."""
-        chan = self._link.channel
-        if chan is None or not chan.is_open:
+        if not self.connected:
             return {}
+        chan = self._link.channel
         counts = {}
         for q in self._topology.queues:
             ok = await self._link.call(lambda cb, n=q.dlq: chan.queue_declare(

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pika.channel import Channel
@@ -32,7 +32,7 @@ from pika.spec import Basic, BasicProperties
 from observability import attributes as attr
 from observability import instruments, tracer
 from observability.messaging import processing, processing_batch
-from observability.metrics import Key, messaging_key
+from observability.metrics import attributes_of, messaging_key
 from services.common.broker.connection import Connection
 from services.common.broker.deadletters import DeadLettering
 from services.common.broker.publisher import MessageTooLarge, Publisher
@@ -57,17 +57,13 @@ class Consumer:
     aggregate: bool = False  # one span per batch of deliveries, linked to each message
     tag: str = ""  # the consumer tag on the current channel
     delivered: int = 0  # deliveries received, for the watchdog
-    _keys: dict[str, tuple[Key, dict[str, Any]]] = field(default_factory=dict)
 
     def measure(self, seconds: float, error: str) -> None:
         """Count the delivery and record how long handling it took (observability/metrics.py)."""
-        found = self._keys.get(error)
-        if found is None:
-            key = messaging_key("process", self.spec.exchange, self.spec.name, error)
-            found = self._keys[error] = (key, dict(key))
+        key = messaging_key("process", self.spec.exchange, self.spec.name, error)
         meters = instruments()
-        meters.consumed.add(found[0])
-        meters.process_duration.record(seconds, found[1])
+        meters.consumed.add(key)
+        meters.process_duration.record(seconds, attributes_of(key))
 
 
 class Consumers:

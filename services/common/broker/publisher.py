@@ -23,7 +23,7 @@ from pika.spec import Basic, BasicProperties
 
 from observability import instruments
 from observability.messaging import publishing
-from observability.metrics import Key, messaging_key
+from observability.metrics import messaging_key
 from services.common.broker.confirms import Confirmed, Confirms
 from services.common.broker.connection import Connection, why
 from services.common.contracts import Contracts
@@ -51,7 +51,6 @@ class Publisher:
         self._max_size = max_size
         self._max_size_from = "RABBITMQ_MAX_MESSAGE_SIZE"
         self.confirms = Confirms()
-        self._keys: dict[tuple[str, str], Key] = {}  # metric attributes per (exchange, error)
         link.on_open(self._on_open)
         link.on_channel_error(self._learn_max_size)
 
@@ -146,10 +145,7 @@ class Publisher:
             pending = [item for item, _ in failed]
 
     def _count(self, exchange: str, error: str) -> None:
-        key = self._keys.get((exchange, error))
-        if key is None:
-            key = self._keys[exchange, error] = messaging_key("publish", exchange, error=error)
-        instruments().sent.add(key)
+        instruments().sent.add(messaging_key("publish", exchange, error=error))
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
