@@ -177,7 +177,7 @@ def _dlq(action: str, queue: str, message_id: str | None) -> int:
     from services.common.broker import DeadLetters
 
     try:
-        letters = DeadLetters(env_.amqp_url(os.environ))
+        letters = DeadLetters(env_.amqp_urls(os.environ))
     except ConfigError as exc:
         print(f"dlq: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import secrets
 import signal
@@ -38,6 +39,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CACHE_ROOT = (
@@ -76,7 +78,8 @@ class Node:
     `conf` is added to its rabbitmq.conf; `management` enables the management plugin."""
 
     def __init__(self, folder: Path, installation: str = "system", conf: str = "",
-                 management: bool = False, root: Path = CACHE_ROOT) -> None:  # fmt: skip
+                 management: bool = False, root: Path = CACHE_ROOT, *,
+                 epmd_port: int | None = None, cookie: str | None = None) -> None:  # fmt: skip
         if installation not in ("system", "debian13"):
             raise ValueError(f"no private nodes of {installation!r}")
         self.root = root if installation == "debian13" else Path("/")
@@ -84,18 +87,21 @@ class Node:
             raise RuntimeError(f"no Debian 13 root at {root}: run scripts/debian13-root")
         self.installation, self.folder = installation, folder
         self.name = f"mw{installation[:3]}{uuid.uuid4().hex[:6]}@localhost"
-        self.port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
+        self.port, self.dist_port = free_port(), free_port()
+        # A cluster's nodes share an epmd (Cluster runs it): each finds the others through it.
+        self.own_epmd = epmd_port is None
+        self.epmd_port = free_port() if epmd_port is None else epmd_port
         self.management_port = free_port() if management else None
         self.uid, self.gid = _rabbitmq_ids(self.root / "etc/passwd")
         self._node: subprocess.Popen | None = None
         self._epmd: subprocess.Popen | None = None
-        self._prepare(conf, management)
+        self._prepare(conf, management, cookie or secrets.token_hex(16).upper())
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
-    def _prepare(self, conf: str, management: bool) -> None:
+    def _prepare(self, conf: str, management: bool, secret: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         # `default`, the key stock configurations use (deploy/rabbitmq/rabbitmq.conf too): a conf
         # that sets it replaces this listener rather than adding one (two on one port: no boot).
@@ -107,18 +113,18 @@ class Node:
         plugins = "[rabbitmq_management].\n" if management else "[].\n"
         (self.folder / "enabled_plugins").write_text(plugins)
         cookie = self.folder / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(16).upper())
+        cookie.write_text(secret)
         cookie.chmod(0o400)  # Erlang refuses a cookie others can read
         for path in (self.folder, *self.folder.iterdir()):
             os.chown(path, self.uid, self.gid)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, marker: str | None = None) -> dict[str, str]:
         return {
             "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": HERE,  # where Erlang finds the cookie
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
-            "MODELWATCH_NODE": self.name,  # marks every process of this node, for stop()
+            "MODELWATCH_NODE": marker or self.name,  # marks every process of this node, for stop()
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_CRASH_DUMP": f"{HERE}/erl_crash.dump",
             "RABBITMQ_NODENAME": self.name,
@@ -137,10 +143,15 @@ class Node:
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", LAUNCH, "launch",
                 str(self.root), str(self.folder), f"{self.uid}:{self.gid}", *argv]  # fmt: skip
 
-    def _spawn(self, log: str, *argv: str) -> subprocess.Popen:
+    def _spawn(self, log: str, *argv: str, marker: str | None = None) -> subprocess.Popen:
         with open(self.folder / log, "ab") as out:
-            return subprocess.Popen(self._command(*argv), env=self._env(),
+            return subprocess.Popen(self._command(*argv), env=self._env(marker),
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out)  # fmt: skip
+
+    def spawn_epmd(self, marker: str | None = None) -> subprocess.Popen:
+        """An epmd on the node's ERL_EPMD_PORT, in the foreground (see the module's notes)."""
+        return self._spawn("epmd.out", "epmd", "-port", str(self.epmd_port),
+                           "-address", "127.0.0.1", marker=marker)  # fmt: skip
 
     def ctl(self, *args: str, tool: str = "rabbitmqctl", timeout: float = 120) -> str:
         """Run a RabbitMQ CLI tool of the node's installation against it, as the node runs."""
@@ -172,9 +183,8 @@ class Node:
         return self.ctl("version").strip()
 
     def start(self, timeout: float = 120) -> None:
-        if self._epmd is None or self._epmd.poll() is not None:
-            self._epmd = self._spawn("epmd.out", "epmd", "-port", str(self.epmd_port),
-                                     "-address", "127.0.0.1")  # fmt: skip
+        if self.own_epmd and (self._epmd is None or self._epmd.poll() is not None):
+            self._epmd = self.spawn_epmd()
         (self.folder / "pid").unlink(missing_ok=True)  # stale after kill(): `wait` would trust it
         self._node = self._spawn("node.out", f"{BIN}/rabbitmq-server")
         # `wait` would wait its full timeout for the pid file of a node that failed to boot.
@@ -206,21 +216,9 @@ class Node:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-        self._kill_leftovers()
+        _kill_marked(self.name)
         for proc in procs:
             proc.wait(10)
-
-    def _kill_leftovers(self) -> None:
-        marker = f"MODELWATCH_NODE={self.name}".encode()
-        for _ in range(50):
-            left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _has(p, marker)]
-            if not left:
-                return
-            for proc in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(proc.name), signal.SIGKILL)
-            time.sleep(0.1)
-        raise RuntimeError(f"processes of {self.name} survive SIGKILL: {left}")
 
     def __enter__(self) -> Node:
         self.start()
@@ -228,6 +226,107 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Cluster:
+    """`size` private nodes of `installation` joined into one RabbitMQ cluster on loopback.
+
+    They share one epmd (run here, not by a node, so stopping any node leaves it to the others)
+    and one Erlang cookie; node 0 starts the cluster and the others `join_cluster` it. Queues
+    declared once all have joined get a replica on each (RabbitMQ's default quorum size covers
+    three nodes). `url` lists every node, as RABBITMQ_URL takes a cluster."""
+
+    def __init__(self, folder: Path, installation: str = "debian13", size: int = 3,
+                 conf: str = "", root: Path = CACHE_ROOT) -> None:  # fmt: skip
+        self.marker = f"mwcluster{uuid.uuid4().hex[:6]}"
+        port, cookie = free_port(), secrets.token_hex(16).upper()
+        self.nodes = [Node(folder / f"node{i}", installation, conf, root=root, epmd_port=port,
+                           cookie=cookie) for i in range(size)]  # fmt: skip
+        self._epmd: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        self._epmd = self.nodes[0].spawn_epmd(marker=self.marker)
+        _wait_listening(self.nodes[0].epmd_port, self._epmd)
+        with ThreadPoolExecutor(len(self.nodes)) as pool:  # each boot is mostly waiting
+            list(pool.map(Node.start, self.nodes))
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.name)
+            node.ctl("start_app")
+        running = self.running(first)
+        if running != {node.name for node in self.nodes}:
+            raise RuntimeError(f"the cluster formed with {running} only")
+
+    def running(self, asked: Node) -> set[str]:
+        """The nodes `asked` sees running in its cluster."""
+        status = json.loads(asked.ctl("cluster_status", "--formatter", "json"))
+        return set(status["running_nodes"])
+
+    def cut_off(self, node: Node) -> None:
+        """Partition `node` from the other nodes, with the nodes' own tools: it uses a wrong
+        Erlang cookie for each of them and drops its links, so neither side can connect to the
+        other again until heal(). Only the links between nodes are cut: clients and the CLI
+        still reach every node (no firewall on this machine; docs/cluster.md)."""
+        others = ", ".join(f"'{other.name}'" for other in self.nodes if other is not node)
+        node.ctl("eval", f"[erlang:set_cookie(N, modelwatch_cut) || N <- [{others}]], "
+                         f"[erlang:disconnect_node(N) || N <- [{others}]], ok.")  # fmt: skip
+
+    def heal(self, node: Node) -> None:
+        others = ", ".join(f"'{other.name}'" for other in self.nodes if other is not node)
+        node.ctl("eval", f"[erlang:set_cookie(N, erlang:get_cookie()) || N <- [{others}]], ok.")
+
+    def partitions(self, asked: Node) -> dict:
+        """The partitions `asked` reports (empty when there are none)."""
+        return json.loads(asked.ctl("cluster_status", "--formatter", "json"))["partitions"]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self._epmd is not None:
+            self._epmd.terminate()
+            self._epmd.wait(30)
+            self._epmd = None
+        _kill_marked(self.marker)
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    # A node that finds no epmd starts a daemon one that would escape stop(): wait for ours.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"epmd did not listen on {port}")
+
+
+def _kill_marked(name: str) -> None:
+    """SIGKILL every process marked with MODELWATCH_NODE=`name`: its mounts go with the last."""
+    marker = f"MODELWATCH_NODE={name}".encode()
+    for _ in range(50):
+        left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _has(p, marker)]
+        if not left:
+            return
+        for proc in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+        time.sleep(0.1)
+    raise RuntimeError(f"processes of {name} survive SIGKILL: {left}")
 
 
 def _end(cli: subprocess.Popen) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pika
 import pytest
 
+from services.common.broker import blocking_connection
 from services.common.contracts import Contracts
 from services.model.artifact import train
 from tests import session_broker
@@ -97,7 +98,7 @@ def model_broker_in_thread(
     loop = asyncio.new_event_loop()
 
     async def serve() -> None:
-        broker = Broker(BrokerSettings(url, "declare", prefetch), contracts, "model")
+        broker = Broker(BrokerSettings((url,), "declare", prefetch), contracts, "model")
         broker.consume("features", handler)
         await broker.start(stop)
         await broker.run_until(stop)
@@ -250,7 +251,7 @@ class Amqp:
     """A plain pika connection for what tests do to the broker behind the services' backs."""
 
     def __init__(self, url: str) -> None:
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.connection = blocking_connection(url)  # a cluster's nodes: the first that answers
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
 

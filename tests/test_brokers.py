@@ -156,6 +156,9 @@ def test_a_targets_url_for_a_vhost() -> None:
     assert Target.from_env({}).url == "amqp://guest:guest@localhost:5672/"
     told = Target.from_env({URL_SETTING: "amqp://u:p@h:1/", CTL_SETTING: "docker exec -i r ctl"})
     assert told == Target("amqp://u:p@h:1/", ("docker", "exec", "-i", "r", "ctl"))
+    cluster = Target("amqp://g:g@a:5672/,amqp://g:g@b:5673/")  # every node, as RABBITMQ_URL
+    assert (cluster.host, cluster.port) == ("a", 5672)
+    assert cluster.url_for("v", "u", "p") == "amqp://u:p@a:5672/v,amqp://u:p@b:5673/v"
 
 
 def test_the_brokers_setting() -> None:

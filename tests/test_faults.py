@@ -28,7 +28,7 @@ import pika
 import pytest
 
 from services.common.broker import DeadLetters
-from tests.brokers import Node
+from tests.brokers import Cluster, Node
 from tests.conftest import REPO, Amqp, Services, model_broker_in_thread, read_csv, wait_until
 from tests.session_broker import Broker
 from tools.bench.spy import Spy
@@ -58,12 +58,14 @@ def node(broker: Broker, tmp_path: Path, request) -> Iterator[Node]:
         shutil.rmtree(started.folder / "mnesia", ignore_errors=True)
 
 
-def _queue_depth(node: Node, queue: str) -> int:
-    for line in node.ctl("list_queues", "name", "messages").splitlines():
-        name, _, count = line.partition("\t")
-        if name == queue:
-            return int(count)
-    return 0
+def _queue_depth(node: Node | Cluster, queue: str) -> int:
+    """Ready messages, as the queue answers now: `rabbitmqctl list_queues messages` reads a
+    quorum queue's statistics, refreshed every few seconds, so a 0 there may be stale."""
+    client = Amqp(node.url)
+    try:
+        return client.count(queue)
+    finally:
+        client.close()
 
 
 def _utc_now() -> datetime:
@@ -85,14 +87,19 @@ def saw_the_loss(services: Services, *names: str, unreachable: bool = False) -> 
             assert "broker not reachable" in out, (name, out[-2000:])
 
 
-def run_through(node: Node, services: Services, service_env: dict, n: int,
-                fault: Callable[[], None], interval: str = "0.002") -> dict[str, int]:  # fmt: skip
+def run_through(node: Node | Cluster, services: Services, service_env: dict, n: int,
+                fault: Callable[[], None], interval: str = "0.002",
+                urls: Callable[[str], str] | None = None) -> dict[str, int]:  # fmt: skip
+    """Rows through the real services with `fault` injected once a fifth are recorded; the
+    accounting of the module's notes. `urls(service)` is the RABBITMQ_URL each gets (default the
+    node's, or the cluster's every node)."""
     csv_path = Path(service_env["METRIC_LOG_PATH"])
     spy = Spy(node.url, "features", "test.spy.features")  # what the broker confirmed, kept
-    env = {"RABBITMQ_URL": node.url}
-    services.start("metric", **env)
-    services.start("model", **env)
-    services.start("features", **env, FEATURES_COUNT=str(n), FEATURES_INTERVAL_S=interval)
+    url = urls or (lambda _: node.url)
+    services.start("metric", RABBITMQ_URL=url("metric"))
+    services.start("model", RABBITMQ_URL=url("model"))
+    services.start("features", RABBITMQ_URL=url("features"), FEATURES_COUNT=str(n),
+                   FEATURES_INTERVAL_S=interval)  # fmt: skip
     wait_until(lambda: len(read_csv(csv_path)) > n // 5, 60, "the first rows")
     fault()
     # Features are paced (>= 2 ms a row), so this holds on any machine; if it did not, the run
@@ -140,6 +147,29 @@ def test_broker_killed_and_restarted(node, services, service_env) -> None:
 
     run_through(node, services, service_env, 2000, crash)
     saw_the_loss(services, "features", "model", "metric", unreachable=True)
+
+
+def test_a_second_metric_waits_and_takes_over_when_the_first_is_killed(
+    node, services, service_env
+) -> None:
+    """What `docker compose up --scale metric=2` starts: two processes on one log and state. The
+    second must stand by (two writers would cut off each other's rows), then take over."""
+    seen = {}
+
+    def standby_then_kill() -> None:
+        first = services.procs["metric"]
+        services.start("metric", RABBITMQ_URL=node.url)
+        wait_until(lambda: "waiting as a standby" in services.output("metric"), 30, "a standby")
+        seen["rows at the kill"] = len(read_csv(Path(service_env["METRIC_LOG_PATH"])))
+        first.kill()
+        seen["first"] = first.wait(30)
+        wait_until(lambda: "took over" in services.output("metric"), 30, "the take-over")
+
+    figures = run_through(node, services, service_env, 3000, standby_then_kill, "0.005")
+    assert seen["first"] == -signal.SIGKILL
+    out = services.output("metric")
+    assert out.count("waiting as a standby") == 1 and out.count("took over") == 1, out[-2000:]
+    print(f"\nstandby took over after row {seen['rows at the kill']}: {figures}")
 
 
 def test_model_killed_mid_batch_and_restarted(node, services, service_env) -> None:

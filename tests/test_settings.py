@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from services.common.settings import ConfigError
+from services.common.settings import ConfigError, amqp_urls
 from services.features.settings import Drift
 from services.features.settings import drifts as parse_drifts
 from tests.conftest import REPO
@@ -35,6 +35,10 @@ def start(service: str, **env: str) -> subprocess.CompletedProcess:
         ("features", "FEATURES_INTERVAL_S", "-1"),
         ("features", "FEATURES_COUNT", "1.5"),
         ("features", "RABBITMQ_URL", "http://localhost"),
+        ("model", "RABBITMQ_URL", "amqp://m:p@a:5672/v,amqp://other:p@b:5672/v"),
+        ("metric", "RABBITMQ_URL", "amqp://m:p@a:5672/v,amqp://m:p@b:5672/elsewhere"),
+        ("model", "RABBITMQ_URL", "amqp://m:p@a:5672/v,b:5672"),
+        ("model", "RABBITMQ_URL", " , "),
         ("model", "MODEL_SHA256", "abc"),
         ("model", "MODEL_PATH", "/nonexistent/model.json"),
         ("metric", "METRIC_JOIN_TIMEOUT_S", "nan"),
@@ -61,6 +65,16 @@ def test_bad_value_fails_naming_the_variable(service: str, variable: str, value:
     assert done.returncode == 2, done.stderr
     assert variable in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_clusters_urls_are_read_in_order_and_a_bad_one_is_named_without_its_password() -> None:
+    env = {"RABBITMQ_URL": " amqp://m:p@a:5672/v, amqp://m:p@b:5673/v ,amqp://m:p@c/v "}
+    assert amqp_urls(env) == ("amqp://m:p@a:5672/v", "amqp://m:p@b:5673/v", "amqp://m:p@c/v")
+    assert amqp_urls({}) == ("amqp://guest:guest@localhost:5672/%2F",)
+    with pytest.raises(ConfigError) as bad:
+        amqp_urls({"RABBITMQ_URL": "amqp://m:secret@a:5672/v,amqp://m:secret@b:port/v"})
+    assert "RABBITMQ_URL has an invalid port" in str(bad.value)
+    assert "secret" not in str(bad.value) and "m:***@b:port" in str(bad.value)
 
 
 @pytest.mark.npm  # the chart library's files are checked first

@@ -4,7 +4,9 @@ The benchmark, the soak run and the tests make a vhost of their own on it and in
 rabbitmqctl. Which broker `modelwatch bench` and `modelwatch soak` use (docs/benchmark.md):
 
   MODELWATCH_BENCH_URL  its AMQP URL; the path is ignored, each run makes its own vhost
-                        (default amqp://guest:guest@localhost:5672/)
+                        (default amqp://guest:guest@localhost:5672/). A cluster's nodes, as
+                        in RABBITMQ_URL: URLs separated by commas; the services get them all,
+                        the broker's CPU figure is the first node's
   MODELWATCH_BENCH_CTL  its rabbitmqctl, split as a shell would (default `rabbitmqctl`), e.g.
                         `docker exec rmq4 rabbitmqctl`
 """
@@ -40,21 +42,30 @@ class Target:
         return cls(env.get(URL_SETTING) or DEFAULT_URL, ctl)
 
     @property
+    def nodes(self) -> list[str]:
+        """Each node's URL (one for a single broker)."""
+        return [url.strip() for url in self.url.split(",") if url.strip()]
+
+    @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "localhost"
+        return urlsplit(self.nodes[0]).hostname or "localhost"
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.url)
+        parts = urlsplit(self.nodes[0])
         return parts.port or (5671 if parts.scheme == "amqps" else 5672)
 
     @property
     def user(self) -> str:
-        return unquote(urlsplit(self.url).username or "guest")
+        return unquote(urlsplit(self.nodes[0]).username or "guest")
 
     def url_for(self, vhost: str, user: str | None = None, password: str | None = None) -> str:
-        """The URL of `vhost` on this broker, as the URL's user or as `user` with `password`."""
-        parts = urlsplit(self.url)
+        """The URL of `vhost` on this broker, as the URL's user or as `user` with `password`;
+        for a cluster, every node's, separated by commas as RABBITMQ_URL takes them."""
+        return ",".join(self._node_url(node, vhost, user, password) for node in self.nodes)
+
+    def _node_url(self, node: str, vhost: str, user: str | None, password: str | None) -> str:
+        parts = urlsplit(node)
         if user is not None or password is not None:
             name = quote(user if user is not None else self.user, safe="")
             secret = quote(password if password is not None else unquote(parts.password or ""),

@@ -72,17 +72,42 @@ def writable_file(env: Mapping[str, str], name: str, default: str) -> Path:
 
 
 def amqp_url(env: Mapping[str, str], name: str = "RABBITMQ_URL") -> str:
-    url = text(env, name, "amqp://guest:guest@localhost:5672/%2F")
+    """One broker URL (the first, for a setting that lists a cluster's nodes)."""
+    return amqp_urls(env, name)[0]
+
+
+def amqp_urls(env: Mapping[str, str], name: str = "RABBITMQ_URL") -> tuple[str, ...]:
+    """The broker's node URLs: one, or a cluster's nodes separated by commas, each a whole URL.
+
+    They must name one user and vhost: a service that moves to another node must find the same
+    queues with the same rights there, so a list that differs is a mistake worth stopping for."""
+    urls = tuple(u.strip() for u in text(env, name, "amqp://guest:guest@localhost:5672/%2F")
+                 .split(",") if u.strip())  # fmt: skip
+    if not urls:
+        raise ConfigError(f"{name} is empty: give amqp://user:password@host:5672/vhost")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ConfigError(
+                f"{name} must look like amqp://user:password@host:5672/vhost (several separated "
+                f"by commas), got {_redacted(url)!r}"
+            )
+        try:
+            parts.port  # noqa: B018 - urlsplit raises on a non-numeric port only when asked
+        except ValueError:
+            raise ConfigError(f"{name} has an invalid port: {_redacted(url)!r}") from None
+    if len({(urlsplit(u).username, urlsplit(u).path or "/") for u in urls}) > 1:
+        raise ConfigError(f"{name}: every node's URL must name the same user and vhost")
+    return urls
+
+
+def _redacted(url: str) -> str:
+    """`url` without its password, for messages and logs."""
     parts = urlsplit(url)
-    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise ConfigError(
-            f"{name} must look like amqp://user:password@host:5672/vhost, got {url!r}"
-        )
-    try:
-        parts.port  # noqa: B018 - urlsplit raises on a non-numeric port only when asked
-    except ValueError:
-        raise ConfigError(f"{name} has an invalid port: {url!r}") from None
-    return url
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 def choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -99,7 +124,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # RabbitMQ 4.x's max_message_size d
 class BrokerSettings:
     """How a service talks to RabbitMQ: shared by every service that uses the broker."""
 
-    url: str
+    urls: tuple[str, ...]  # one node, or a cluster's nodes: a service connects to one at a time
     topology: str  # "declare": create what is missing; "verify": only check it exists
     prefetch: int
     # The broker closes the channel of a publisher that sends a bigger body; knowing the limit,
@@ -109,7 +134,7 @@ class BrokerSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BrokerSettings:
         return cls(
-            url=amqp_url(env),
+            urls=amqp_urls(env),
             topology=choice(env, "RABBITMQ_TOPOLOGY", "declare", ("declare", "verify")),
             prefetch=integer(env, "PREFETCH", 256, minimum=1),
             max_message_size=integer(

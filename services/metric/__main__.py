@@ -13,6 +13,7 @@ from services.common.broker import Broker
 from services.common.contracts import Contracts
 from services.common.runtime import run
 from services.common.settings import environ
+from services.metric import standby
 from services.metric.join import on_half, sweep
 from services.metric.outbox import drained, publish_forever
 from services.metric.settings import Settings
@@ -32,6 +33,10 @@ async def sweep_forever(store: Store, contracts: Contracts, settings: Settings) 
 async def main(stop: asyncio.Event) -> None:
     settings = Settings.from_env(environ())
     contracts = Contracts(settings.contracts_dir)
+    # Before the files are read: another process may be writing them (standby.py).
+    locks = await standby.hold([settings.state_path, settings.log_path], stop)
+    if locks is None:
+        return
     store = Store(
         settings.state_path,
         AppendOnlyCsv(settings.log_path, contracts.columns("metric_record"), "METRIC_LOG_PATH"),

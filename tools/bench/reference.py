@@ -31,7 +31,9 @@ QUEUES = ("ref.features", "ref.y_true", "ref.y_pred")
 
 
 def _channel() -> pika.adapters.blocking_connection.BlockingChannel:
-    connection = pika.BlockingConnection(pika.URLParameters(os.environ["RABBITMQ_URL"]))
+    connection = pika.BlockingConnection(
+        [pika.URLParameters(url) for url in os.environ["RABBITMQ_URL"].split(",")]
+    )
     channel = connection.channel()
     for queue in QUEUES:
         channel.queue_declare(queue)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pika
+from services.common.broker import blocking_connection
 
 
 class Spy:
@@ -14,7 +14,7 @@ class Spy:
 
     def __init__(self, url: str, exchange: str, queue: str) -> None:
         self._url, self.queue = url, queue
-        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection = blocking_connection(url)
         channel = connection.channel()
         channel.exchange_declare(exchange, "fanout", durable=True)
         channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
@@ -23,7 +23,7 @@ class Spy:
 
     def drain(self) -> list[str]:
         """Take every message; their ids, repeats included."""
-        connection = pika.BlockingConnection(pika.URLParameters(self._url))
+        connection = blocking_connection(self._url)
         channel = connection.channel()
         ids = []
         while True:

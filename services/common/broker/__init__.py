@@ -15,7 +15,7 @@ messages to publish.
 """
 
 from services.common.broker.broker import Broker
-from services.common.broker.connection import BrokerError
+from services.common.broker.connection import BrokerError, blocking_connection
 from services.common.broker.deadletters import ERROR_REASON, DeadLetter, DeadLetters
 from services.common.broker.publisher import MessageTooLarge
 
@@ -26,4 +26,5 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "MessageTooLarge",
+    "blocking_connection",
 ]

@@ -46,7 +46,7 @@ class Broker:
         self._topology = contracts.topology()
         self._service = service
         self._verify_only = settings.topology == "verify"
-        self._link = Connection(settings.url)
+        self._link = Connection(settings.urls)
         self._publisher = Publisher(self._link, contracts, service, settings.max_message_size)
         self._link.on_open(self._declare)
         dead = DeadLettering(

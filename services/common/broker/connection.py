@@ -1,11 +1,13 @@
 """The connection and its supervision: connect with backoff, one channel, reconnect when lost.
 
-`Connection` owns pika's AsyncioConnection and the one channel a service uses. The other parts say
-what a fresh channel needs (confirm mode, the topology, consumers) as `on_open` steps, run in the
-order they were registered, and what dies with a channel (unconfirmed publishes, unacked
-deliveries) as `on_lost` callbacks. A lost connection is reopened by `supervise()`; errors that
-retrying cannot fix (credentials, vhost, a conflicting queue) raise `BrokerError` and stop the
-service.
+`Connection` owns pika's AsyncioConnection and the one channel a service uses, on one node of
+the broker at a time: given a cluster's nodes, it opens the first that answers and, when that
+connection is lost, tries the next node first (the one it lost goes last: it may be the one that
+died). The other parts say what a fresh channel needs (confirm mode, the topology, consumers) as
+`on_open` steps, run in the order they were registered, and what dies with a channel
+(unconfirmed publishes, unacked deliveries) as `on_lost` callbacks. A lost connection is
+reopened by `supervise()`; errors that retrying cannot fix (credentials, vhost, a conflicting
+queue) raise `BrokerError` and stop the service.
 
 It runs on asyncio through AsyncioConnection rather than BlockingConnection because the blocking
 adapter waits for each publisher confirm in turn; here many deliveries are in flight and the
@@ -18,7 +20,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pika
@@ -47,9 +49,12 @@ class BrokerError(RuntimeError):
 class Connection:
     """One AMQP connection and one channel, reopened whenever they are lost."""
 
-    def __init__(self, url: str) -> None:
-        self.params = pika.URLParameters(url)
-        self.params.connection_attempts = 1
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.nodes = [pika.URLParameters(url) for url in urls]
+        for node in self.nodes:
+            node.connection_attempts = 1
+        self._next = 0  # the node to try first
+        self.params = self.nodes[0]  # the node connected to, or tried last
         self.server = (self.params.host, self.params.port)  # for the messaging spans
         self.conn: AsyncioConnection | None = None
         self.channel: Channel | None = None
@@ -132,18 +137,27 @@ class Connection:
             self._waiters.discard(fut)
 
     async def connect(self) -> None:
+        """Open a connection to the first node that answers, trying each in turn; pause (with
+        growing pauses) only once every node has failed."""
         delay = 0.2
         while True:
-            try:
-                await self._open()
-                return
-            except BrokerError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any other failure is worth a retry
-                log.warning("broker not reachable (%s); retrying in %.1f s", why(exc), delay)
-                self._teardown(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            for _ in self.nodes:
+                self.params = self.nodes[self._next]
+                self._next = (self._next + 1) % len(self.nodes)
+                try:
+                    await self._open()
+                    return
+                except BrokerError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any other failure is worth a retry
+                    log.warning("broker not reachable at %s (%s)", self._where(), why(exc))
+                    self._teardown(exc)
+            log.warning("no broker node reachable; retrying in %.1f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _where(self) -> str:
+        return f"{self.params.host}:{self.params.port}"
 
     async def _supervise(self) -> None:
         """Reopen a lost connection: at once after one that lived, with growing pauses while they
@@ -181,6 +195,7 @@ class Connection:
             on_close_callback=self._on_connection_closed,
             custom_ioloop=loop,
         )
+        self.server = (self.params.host, self.params.port)
         try:
             conn = await opened
         except (ProbableAuthenticationError, AuthenticationError):
@@ -194,16 +209,13 @@ class Connection:
         channel.add_on_close_callback(self._on_channel_closed)
         for step in self._open_steps:
             await step(channel)
-        log.info(
-            "connected to %s:%s vhost %r", self.params.host, self.params.port,
-            self.params.virtual_host,
-        )  # fmt: skip
+        log.info("connected to %s vhost %r", self._where(), self.params.virtual_host)
         self._opened_at = time.monotonic()
         self.ready.set()
 
     def _on_connection_closed(self, _conn: AsyncioConnection, exc: BaseException) -> None:
         if not self.stopping:
-            log.warning("connection lost: %s", why(exc))
+            log.warning("connection lost to %s: %s", self._where(), why(exc))
         self._teardown(exc)
         self._closed.set()
 
@@ -222,6 +234,17 @@ class Connection:
         self.channel = None
         for forget in self._lost:
             forget(exc)
+
+
+def blocking_connection(urls: str | Sequence[str]) -> pika.BlockingConnection:
+    """A blocking connection to the first node of `urls` that answers (a list, or RABBITMQ_URL's
+    comma-separated form), for the tools: `modelwatch dlq`, the benchmark's reference and spies."""
+    if isinstance(urls, str):
+        urls = [url.strip() for url in urls.split(",") if url.strip()]
+    nodes = [pika.URLParameters(url) for url in urls]
+    for node in nodes:
+        node.connection_attempts = 1
+    return pika.BlockingConnection(nodes)
 
 
 def why(exc: BaseException | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from observability import attributes as attr
 from observability import instruments
 from observability.metrics import reason_class
 from services.common.broker.confirms import Confirmed
+from services.common.broker.connection import blocking_connection
 from services.common.broker.publisher import Publisher
 from services.common.contracts import QueueSpec
 from services.common.messages import utc_now
@@ -117,8 +119,10 @@ class DeadLetters:
     exchange (`admin` in the compose stack).
     """
 
-    def __init__(self, url: str) -> None:
-        self._connection = pika.BlockingConnection(pika.URLParameters(url))
+    def __init__(self, urls: str | Sequence[str]) -> None:
+        """`urls`: a node's URL, or a cluster's (a list, or comma-separated): the first that
+        answers is used."""
+        self._connection = blocking_connection(urls)
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
 
