@@ -134,20 +134,16 @@ def test_quorum_queues_have_a_replica_on_every_node(cluster, services, service_e
 
 
 def test_the_leader_of_model_features_killed(cluster, services, service_env) -> None:
-    seen = {}
-
     def kill_the_leader() -> None:
-        seen["old"] = old = leader(cluster, "model.features")
+        old = leader(cluster, "model.features")
         old.kill()
         alive = next(n for n in cluster.nodes if n is not old)
         wait_until(lambda: leader(cluster, "model.features", alive) is not old, 60, "a new leader")
-        seen["new"] = leader(cluster, "model.features", alive)
         old.start()
 
     csv_path = Path(service_env["METRIC_LOG_PATH"])
     figures = run_through(cluster, services, service_env, 3000, kill_the_leader, "0.01",
                           urls(cluster).get)  # fmt: skip
-    assert seen["new"] is not seen["old"]
     assert cluster.running(cluster.nodes[0]) == {n.name for n in cluster.nodes}
     report("leader of model.features killed", figures, csv_path, services)
 
@@ -190,7 +186,8 @@ def test_a_rolling_restart_of_every_node(cluster, services, service_env) -> None
             restarted.append(node.name)
 
     csv_path = Path(service_env["METRIC_LOG_PATH"])
-    figures = run_through(cluster, services, service_env, 6000, roll, "0.025",
+    # However long the restarts take, rows flow until 500 after the last (n=0).
+    figures = run_through(cluster, services, service_env, 0, roll, "0.02",
                           urls(cluster).get)  # fmt: skip
     assert restarted == [n.name for n in cluster.nodes]
     for name in ("features", "model", "metric"):  # every one was moved at least once

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -71,10 +72,17 @@ def test_a_clusters_urls_are_read_in_order_and_a_bad_one_is_named_without_its_pa
     env = {"RABBITMQ_URL": " amqp://m:p@a:5672/v, amqp://m:p@b:5673/v ,amqp://m:p@c/v "}
     assert amqp_urls(env) == ("amqp://m:p@a:5672/v", "amqp://m:p@b:5673/v", "amqp://m:p@c/v")
     assert amqp_urls({}) == ("amqp://guest:guest@localhost:5672/%2F",)
+    # One URL's vhost spelled three ways is one vhost.
+    assert len(amqp_urls({"RABBITMQ_URL": "amqp://g:g@a,amqp://g:g@b/%2F,amqp://g:g@c/%2f"})) == 3
     with pytest.raises(ConfigError) as bad:
-        amqp_urls({"RABBITMQ_URL": "amqp://m:secret@a:5672/v,amqp://m:secret@b:port/v"})
-    assert "RABBITMQ_URL has an invalid port" in str(bad.value)
+        amqp_urls({"RABBITMQ_URL": "amqp://m:secret@b:port/v"})
+    assert "RABBITMQ_URL has an invalid host or port" in str(bad.value)
     assert "secret" not in str(bad.value) and "m:***@b:port" in str(bad.value)
+    for password in ("sec,ret@h:5672/v", "123,x@h/v"):  # a comma not written %2C
+        with pytest.raises(ConfigError) as bad:
+            amqp_urls({"RABBITMQ_URL": f"amqp://u:{password}"})
+        assert "%2C" in str(bad.value)
+        assert not {"sec", "ret", "123", "x@h"} & set(re.split(r"[ ':]", str(bad.value)))
 
 
 @pytest.mark.npm  # the chart library's files are checked first

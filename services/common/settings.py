@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,41 +71,55 @@ def writable_file(env: Mapping[str, str], name: str, default: str) -> Path:
     return target
 
 
-def amqp_url(env: Mapping[str, str], name: str = "RABBITMQ_URL") -> str:
-    """One broker URL (the first, for a setting that lists a cluster's nodes)."""
-    return amqp_urls(env, name)[0]
-
-
 def amqp_urls(env: Mapping[str, str], name: str = "RABBITMQ_URL") -> tuple[str, ...]:
-    """The broker's node URLs: one, or a cluster's nodes separated by commas, each a whole URL.
+    """The broker's node URLs: one, or a cluster's nodes separated by commas, each a whole URL
+    (a comma inside one, as in a password, is written %2C).
 
     They must name one user and vhost: a service that moves to another node must find the same
     queues with the same rights there, so a list that differs is a mistake worth stopping for."""
-    urls = tuple(u.strip() for u in text(env, name, "amqp://guest:guest@localhost:5672/%2F")
-                 .split(",") if u.strip())  # fmt: skip
+    parts = text(env, name, "amqp://guest:guest@localhost:5672/%2F").split(",")
+    urls = tuple(u.strip() for u in parts if u.strip())
     if not urls:
         raise ConfigError(f"{name} is empty: give amqp://user:password@host:5672/vhost")
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+    for index, url in enumerate(urls, 1):
+        # A part is never echoed whole from a list: it may hold the head or tail of a password
+        # that had a comma in it.
+        shown = f"part {index} of {len(urls)}" if len(urls) > 1 else repr(_redacted(url))
+        hint = " (write a comma inside a password as %2C)" if len(urls) > 1 else ""
+        if not url.startswith(("amqp://", "amqps://")):
+            # Never echoed: it may be the tail of a password that held a comma.
             raise ConfigError(
-                f"{name} must look like amqp://user:password@host:5672/vhost (several separated "
-                f"by commas), got {_redacted(url)!r}"
+                f"{name}: each comma-separated part must be a whole amqp:// URL (write a comma "
+                "inside a password as %2C)"
             )
         try:
-            parts.port  # noqa: B018 - urlsplit raises on a non-numeric port only when asked
+            parts_ = urlsplit(url)
+            parts_.port  # noqa: B018 - urlsplit raises on a non-numeric port only when asked
         except ValueError:
-            raise ConfigError(f"{name} has an invalid port: {_redacted(url)!r}") from None
-    if len({(urlsplit(u).username, urlsplit(u).path or "/") for u in urls}) > 1:
+            raise ConfigError(f"{name} has an invalid host or port: {shown}{hint}") from None
+        if not parts_.hostname:
+            raise ConfigError(
+                f"{name} must look like amqp://user:password@host:5672/vhost (several separated "
+                f"by commas), got {shown}"
+            )
+    if len({(urlsplit(u).username, _vhost(u)) for u in urls}) > 1:
         raise ConfigError(f"{name}: every node's URL must name the same user and vhost")
     return urls
 
 
+def _vhost(url: str) -> str:
+    """The vhost a URL names, as pika reads it: none or an empty path is the default, `/`."""
+    return unquote(urlsplit(url).path[1:]) or "/"
+
+
 def _redacted(url: str) -> str:
     """`url` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "(unreadable URL)"
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 

@@ -34,7 +34,8 @@ async def main(stop: asyncio.Event) -> None:
     settings = Settings.from_env(environ())
     contracts = Contracts(settings.contracts_dir)
     # Before the files are read: another process may be writing them (standby.py).
-    locks = await standby.hold([settings.state_path, settings.log_path], stop)
+    files = [settings.state_path, settings.log_path, settings.orphan_log_path]
+    locks = await standby.hold(files, stop)
     if locks is None:
         return
     store = Store(

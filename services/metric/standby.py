@@ -3,7 +3,7 @@
 Two processes writing one CSV and one SQLite state would each truncate the CSV to the end they
 know (store.py's recovery) and cut off the other's fsynced rows, and could each keep one half of
 an id; so `docker compose up --scale metric=3` would lose rows. Each process first takes an
-exclusive `flock` on `<path>.lock` beside the state and the log; while another holds them, it
+exclusive `flock` on `<path>.lock` beside the state and both logs; while another holds them, it
 waits, and takes over when that process ends, however it ends (the kernel drops the lock of a
 killed process), recovering from the files as after any restart.
 
@@ -19,6 +19,8 @@ import fcntl
 import logging
 from pathlib import Path
 from typing import IO
+
+from services.common.settings import ConfigError
 
 log = logging.getLogger("modelwatch.metric")
 
@@ -44,17 +46,21 @@ async def hold(paths: list[Path], stop: asyncio.Event) -> list[IO[bytes]] | None
 
 
 def _try(paths: list[Path]) -> list[IO[bytes]] | None:
+    """All the locks, or none held (a process never waits holding some: no deadlock)."""
     held: list[IO[bytes]] = []
-    for path in sorted({p.resolve() for p in paths}):  # one order: no two processes deadlock
-        lock = open(f"{path}.lock", "ab")  # noqa: SIM115 - open for the process's life
-        try:
+    try:
+        for path in sorted({p.resolve() for p in paths}):
+            lock = open(f"{path}.lock", "ab")  # noqa: SIM115 - open for the process's life
+            held.append(lock)
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    except BlockingIOError:
+        for lock in held:
+            lock.close()  # closing drops the lock
+        return None
+    except OSError as exc:
+        for lock in held:
             lock.close()
-            for other in held:
-                other.close()  # closing drops the lock
-            return None
-        held.append(lock)
+        raise ConfigError(f"cannot lock {exc.filename or path}.lock: {exc.strerror}") from None
     return held
 
 

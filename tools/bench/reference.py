@@ -32,7 +32,7 @@ QUEUES = ("ref.features", "ref.y_true", "ref.y_pred")
 
 def _channel() -> pika.adapters.blocking_connection.BlockingChannel:
     connection = pika.BlockingConnection(
-        [pika.URLParameters(url) for url in os.environ["RABBITMQ_URL"].split(",")]
+        [pika.URLParameters(u.strip()) for u in os.environ["RABBITMQ_URL"].split(",") if u.strip()]
     )
     channel = connection.channel()
     for queue in QUEUES:

@@ -3,11 +3,12 @@
 `Connection` owns pika's AsyncioConnection and the one channel a service uses, on one node of
 the broker at a time: given a cluster's nodes, it opens the first that answers and, when that
 connection is lost, tries the next node first (the one it lost goes last: it may be the one that
-died). The other parts say what a fresh channel needs (confirm mode, the topology, consumers) as
+died); it pauses once every node has failed, or before reopening a connection that died young.
+The other parts say what a fresh channel needs (confirm mode, the topology, consumers) as
 `on_open` steps, run in the order they were registered, and what dies with a channel
 (unconfirmed publishes, unacked deliveries) as `on_lost` callbacks. A lost connection is
 reopened by `supervise()`; errors that retrying cannot fix (credentials, vhost, a conflicting
-queue) raise `BrokerError` and stop the service.
+queue; from every node) raise `BrokerError` and stop the service.
 
 It runs on asyncio through AsyncioConnection rather than BlockingConnection because the blocking
 adapter waits for each publisher confirm in turn; here many deliveries are in flight and the
@@ -137,24 +138,43 @@ class Connection:
             self._waiters.discard(fut)
 
     async def connect(self) -> None:
-        """Open a connection to the first node that answers, trying each in turn; pause (with
-        growing pauses) only once every node has failed."""
+        """Open a connection to the first node that answers, trying each in turn, and pause
+        (with growing pauses) once every node has failed. A refusal retrying cannot fix (user,
+        password, vhost) is fatal only when every node refuses: pika reports a connection that
+        drops during the handshake, as from a node going down, as such a refusal."""
         delay = 0.2
         while True:
+            refused: list[BrokerError] = []
             for _ in self.nodes:
                 self.params = self.nodes[self._next]
                 self._next = (self._next + 1) % len(self.nodes)
                 try:
                     await self._open()
                     return
-                except BrokerError:
-                    raise
+                except BrokerError as exc:
+                    refused.append(exc)
+                    log.warning("%s at %s", exc, self._where())
+                    await self._abandon(exc)
                 except Exception as exc:  # noqa: BLE001 - any other failure is worth a retry
                     log.warning("broker not reachable at %s (%s)", self._where(), why(exc))
-                    self._teardown(exc)
+                    await self._abandon(exc)
+            if len(refused) == len(self.nodes):
+                raise refused[0]
             log.warning("no broker node reachable; retrying in %.1f s", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    async def _abandon(self, exc: BaseException) -> None:
+        """Close a connection whose opening failed and wait until it is closed, so its close
+        is not mistaken for the loss of the next node's connection."""
+        conn = self.conn
+        if conn is not None and not conn.is_closed:
+            if not conn.is_closing:
+                conn.close()
+            deadline = time.monotonic() + 5.0
+            while not conn.is_closed and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        self._teardown(exc)
 
     def _where(self) -> str:
         return f"{self.params.host}:{self.params.port}"
@@ -213,15 +233,19 @@ class Connection:
         self._opened_at = time.monotonic()
         self.ready.set()
 
-    def _on_connection_closed(self, _conn: AsyncioConnection, exc: BaseException) -> None:
+    def _on_connection_closed(self, conn: AsyncioConnection, exc: BaseException) -> None:
+        if conn is not self.conn:  # one given up on before: its close says nothing of ours
+            return
         if not self.stopping:
             log.warning("connection lost to %s: %s", self._where(), why(exc))
         self._teardown(exc)
         self._closed.set()
 
-    def _on_channel_closed(self, _chan: Channel, exc: BaseException) -> None:
+    def _on_channel_closed(self, chan: Channel, exc: BaseException) -> None:
         for learn in self._channel_errors:
             learn(exc)
+        if chan is not self.channel:  # a connection given up on: the waiters are the next one's
+            return
         for fut in list(self._waiters):
             if not fut.done():
                 fut.set_exception(exc)
