@@ -23,7 +23,7 @@ from services.common.contracts import Contracts
 from services.common.definitions import build
 from tests import compose_broker as cb
 from tests.compose_broker import VHOST, ComposeBroker, settings
-from tests.conftest import Services, free_port, read_csv, wait_until
+from tests.conftest import Amqp, Services, free_port, read_csv, wait_until
 from tools.otlp_sink import Receiver
 
 BROKER_SERVICES = ("features", "model", "metric", "monitor", "dashboard")
@@ -185,9 +185,8 @@ def _depths(broker: ComposeBroker) -> dict[str, int]:
     that is a statistic refreshed every few seconds, and it read 0 for a queue holding 25."""
     listed = broker.node.ctl("list_queues", "-p", VHOST, "--no-table-headers", "name")
     names = [name for name in listed.split() if not name.endswith(".history")]
-    connection = pika.BlockingConnection(pika.URLParameters(broker.url("admin")))
+    client = Amqp(broker.url("admin"))
     try:
-        channel = connection.channel()
-        return {n: channel.queue_declare(n, passive=True).method.message_count for n in names}
+        return {name: client.count(name) for name in names}
     finally:
-        connection.close()
+        client.close()

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from services.common.settings import split_urls
+
 URL_SETTING, CTL_SETTING = "MODELWATCH_BENCH_URL", "MODELWATCH_BENCH_CTL"
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -44,7 +46,7 @@ class Target:
     @property
     def nodes(self) -> list[str]:
         """Each node's URL (one for a single broker)."""
-        return [url.strip() for url in self.url.split(",") if url.strip()]
+        return split_urls(self.url)
 
     @property
     def host(self) -> str:

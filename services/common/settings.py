@@ -71,23 +71,26 @@ def writable_file(env: Mapping[str, str], name: str, default: str) -> Path:
     return target
 
 
+def split_urls(value: str) -> list[str]:
+    """A RABBITMQ_URL value's node URLs: the comma-separated parts, blanks dropped."""
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
 def amqp_urls(env: Mapping[str, str], name: str = "RABBITMQ_URL") -> tuple[str, ...]:
     """The broker's node URLs: one, or a cluster's nodes separated by commas, each a whole URL
     (a comma inside one, as in a password, is written %2C).
 
     They must name one user and vhost: a service that moves to another node must find the same
     queues with the same rights there, so a list that differs is a mistake worth stopping for."""
-    parts = text(env, name, "amqp://guest:guest@localhost:5672/%2F").split(",")
-    urls = tuple(u.strip() for u in parts if u.strip())
+    urls = tuple(split_urls(text(env, name, "amqp://guest:guest@localhost:5672/%2F")))
     if not urls:
         raise ConfigError(f"{name} is empty: give amqp://user:password@host:5672/vhost")
     for index, url in enumerate(urls, 1):
-        # A part is never echoed whole from a list: it may hold the head or tail of a password
-        # that had a comma in it.
+        # A part is never echoed from a list: it may hold the head or tail of a password that
+        # had a comma in it.
         shown = f"part {index} of {len(urls)}" if len(urls) > 1 else repr(_redacted(url))
         hint = " (write a comma inside a password as %2C)" if len(urls) > 1 else ""
         if not url.startswith(("amqp://", "amqps://")):
-            # Never echoed: it may be the tail of a password that held a comma.
             raise ConfigError(
                 f"{name}: each comma-separated part must be a whole amqp:// URL (write a comma "
                 "inside a password as %2C)"

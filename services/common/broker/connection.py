@@ -18,6 +18,7 @@ broker confirms them in batches (docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -32,6 +33,8 @@ from pika.exceptions import (
     ProbableAccessDeniedError,
     ProbableAuthenticationError,
 )
+
+from services.common.settings import split_urls
 
 log = logging.getLogger("modelwatch.broker")
 
@@ -171,9 +174,8 @@ class Connection:
         if conn is not None and not conn.is_closed:
             if not conn.is_closing:
                 conn.close()
-            deadline = time.monotonic() + 5.0
-            while not conn.is_closed and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            with contextlib.suppress(TimeoutError):  # its close callback sets _closed
+                await asyncio.wait_for(self._closed.wait(), 5.0)
         self._teardown(exc)
 
     def _where(self) -> str:
@@ -264,7 +266,7 @@ def blocking_connection(urls: str | Sequence[str]) -> pika.BlockingConnection:
     """A blocking connection to the first node of `urls` that answers (a list, or RABBITMQ_URL's
     comma-separated form), for the tools: `modelwatch dlq`, the benchmark's reference and spies."""
     if isinstance(urls, str):
-        urls = [url.strip() for url in urls.split(",") if url.strip()]
+        urls = split_urls(urls)
     nodes = [pika.URLParameters(url) for url in urls]
     for node in nodes:
         node.connection_attempts = 1
