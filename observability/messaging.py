@@ -64,7 +64,7 @@ def publishing(
     """A PRODUCER span around one publish; its context is written into `headers`. Its parent is
     the current span, or `parent` when given (a message published later than its cause)."""
     attributes = _common(exchange, message_id, server, "publish", "send")
-    if routing_key:  # only dead letters have one: the queue they came from
+    if routing_key:  # a dead letter's (its queue) or a partitioned type's (its shard key)
         attributes[attr.MESSAGING_ROUTING_KEY] = routing_key
     # Not made current: nothing happens inside it but the publish, and attaching a context to
     # the task and detaching it again was a sizeable share of the span's cost (docs/benchmark.md).

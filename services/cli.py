@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     broker = commands.add_parser("broker", help="broker set-up derived from the contracts")
     broker.add_argument("what", choices=["definitions"], help="print the RabbitMQ definitions")
     broker.add_argument("--vhost", default="modelwatch")
+    broker.add_argument(
+        "--metric-shards", type=int, default=None,
+        help="shard queues of the metric's join (default: METRIC_SHARDS, else 1); "
+        "deploy/rabbitmq/definitions.json is made with compose's METRIC_SHARDS",
+    )  # fmt: skip
     contracts = commands.add_parser("contracts", help="check contracts/ or regenerate its files")
     contracts.add_argument("what", choices=["check", "asyncapi"])
     contracts.add_argument("--base", help="git ref to compare released schemas with")
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "train":
         sys.exit(_train(args.if_missing))
     elif args.command == "broker":
-        print(_definitions(args.vhost))
+        sys.exit(_definitions(args.vhost, args.metric_shards))
     elif args.command == "contracts":
         sys.exit(_contracts(args.what, args.base))
     elif args.command == "bench":
@@ -99,12 +104,21 @@ def _train(if_missing: bool) -> int:
     return 0
 
 
-def _definitions(vhost: str) -> str:
+def _definitions(vhost: str, shards: int | None) -> int:
     from services.common.contracts import Contracts
     from services.common.definitions import build
 
-    contracts = Contracts(env_.contracts_dir(os.environ))
-    return json.dumps(build(contracts, vhost), indent=2)
+    env = dict(os.environ)
+    if shards is not None:
+        env["METRIC_SHARDS"] = str(shards)
+    try:
+        settings = env_.BrokerSettings.from_env({**env, "RABBITMQ_URL": "amqp://localhost"})
+        contracts = Contracts(env_.contracts_dir(env))
+    except ConfigError as exc:
+        print(f"broker definitions: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(build(contracts, vhost, settings.shards), indent=2))
+    return 0
 
 
 def _tools_missing(command: str) -> bool:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
 
-from services.common.contracts import Contracts
+from services.common.contracts import Contracts, shard_key, shard_of
 from tests.conftest import REPO
 
 CONTRACTS = REPO / "contracts"
@@ -90,3 +92,33 @@ def test_topology_is_derived_from_the_catalog(contracts: Contracts) -> None:
     assert {q.dlq for q in topology.queues} == {f"{q}.dlq" for q in expected}
     histories = {s["history"]["queue"]: n for n, s in CATALOG["types"].items() if "history" in s}
     assert {h.queue: h.exchange for h in topology.histories} == histories
+
+
+@pytest.mark.parametrize("shards", [2, 6, 64])
+def test_a_sharded_join_routes_every_key_to_exactly_one_shard(
+    contracts: Contracts, shards: int
+) -> None:
+    topology = contracts.topology(shards)
+    for family in ("metric.y_true", "metric.y_pred"):
+        queues = topology.family(family)
+        names = [f"{family}.shard-{k}-of-{shards}" for k in range(shards)]
+        assert [q.name for q in queues] == names
+        assert {q.router for q in queues} == {f"{family}.{shards}-shards"}
+        keys = [key for q in queues for key in q.keys]
+        assert sorted(keys) == [f"{k:02x}" for k in range(256)]  # each once: no id unroutable
+        sizes = [len(q.keys) for q in queues]
+        assert max(sizes) - min(sizes) <= 1
+    assert dict(topology.routers) == {f"metric.y_true.{shards}-shards": "y_true",
+                                      f"metric.y_pred.{shards}-shards": "y_pred"}  # fmt: skip
+    # Everything else is as with one shard.
+    others = [q for q in topology.queues if not q.router]
+    assert others == [q for q in contracts.topology().queues if not q.name.startswith("metric.")]
+
+
+def test_both_halves_of_an_id_carry_the_same_key_whatever_the_shard_count() -> None:
+    ids = [str(uuid.UUID(int=n * 7919)) for n in range(2000)] + ["not-a-uuid", ""]
+    keys = [shard_key(i) for i in ids]
+    assert keys == [shard_key(i) for i in ids]  # a function of the id alone
+    assert all(len(k) == 2 and int(k, 16) < 256 for k in keys)
+    per_shard = collections.Counter(shard_of(k, 6) for k in keys[:2000])
+    assert min(per_shard.values()) > 2000 / 6 * 0.8, per_shard  # spread evenly enough

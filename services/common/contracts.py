@@ -9,6 +9,7 @@ schema id that travels with each message, and the broker topology. Schemas are r
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,29 @@ from referencing import Registry, Resource
 
 from services.common.messages import ContractViolation, Message, Rejected, decode_body
 
+# A partitioned consumer's messages carry a routing key from their id: one of KEYS two-digit hex
+# keys, each bound to one shard queue. 256 keys keep 2-16 shards within 1/40 of even.
+KEYS = 256
+
+
+def shard_key(message_id: str) -> str:
+    """The routing key of a message of a partitioned type: the same for both halves of an id,
+    and independent of the shard count, so producers need not know it."""
+    return f"{zlib.crc32(message_id.encode()) % KEYS:02x}"
+
+
+def shard_of(key: str, shards: int) -> int:
+    return int(key, 16) % shards
+
 
 @dataclass(frozen=True, slots=True)
 class Consumer:
     service: str
     queue: str
     accepts: tuple[int, ...]
+    # Its queue may be split in shards by message id (METRIC_SHARDS): the consumers of a join,
+    # whose two halves of an id must meet in one process.
+    partitioned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +81,12 @@ class QueueSpec:
     name: str
     exchange: str
     message_type: str
+    # A shard of a partitioned consumer's queue: bound to `router`, a direct exchange fed by
+    # `exchange`, for the routing `keys` of shard `shard`; consumed by its owner only.
+    router: str = ""
+    keys: tuple[str, ...] = ()
+    shard: int = 0
+    family: str = ""  # the catalog's queue name, of which this is a shard
 
     @property
     def dlq(self) -> str:
@@ -80,7 +104,11 @@ class Topology:
     histories: tuple[History, ...] = ()
 
     def queue_arguments(self, queue: QueueSpec) -> dict[str, Any]:
-        """A consumer queue: quorum, bounded redeliveries, dead letters that cannot be dropped."""
+        """A consumer queue: quorum, bounded redeliveries, dead letters that cannot be dropped.
+
+        A shard queue has no single active consumer: its owner's file lock already keeps it to
+        one consumer, and on quorum queues SAC refuses basic.get, which the management UI's
+        "Get messages" uses to show what a queue holds."""
         return {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": self.dead_letter_exchange,
@@ -89,6 +117,15 @@ class Topology:
             "x-overflow": "reject-publish",
             "x-delivery-limit": self.delivery_limit,
         }
+
+    def family(self, queue: str) -> list[QueueSpec]:
+        """A catalog consumer queue as declared: itself, or its shard queues."""
+        return [q for q in self.queues if q.name == queue or q.family == queue]
+
+    @property
+    def routers(self) -> tuple[tuple[str, str], ...]:
+        """(router, the fanout exchange it is bound to) for each sharded queue family."""
+        return tuple(dict.fromkeys((q.router, q.exchange) for q in self.queues if q.router))
 
     def dlq_arguments(self, broker: tuple[int, ...] = (4,)) -> dict[str, Any]:
         """A dead-letter queue on a broker of version `broker`: quorum, never dropping a message.
@@ -212,11 +249,23 @@ class Contracts:
                 return consumer
         raise KeyError(f"the catalog lists no consumer {service!r} of {type_!r}")
 
-    def topology(self) -> Topology:
+    def partitioned(self, type_: str) -> bool:
+        """Whether messages of `type_` carry a shard key (a consumer of it is partitioned)."""
+        return any(c.partitioned for c in self.types[type_].consumers)
+
+    def topology(self, shards: int = 1) -> Topology:
+        """With `shards` = n > 1, each partitioned consumer's queue `q` becomes
+        `q.shard-0-of-n` ... `q.shard-<n-1>-of-n`, bound by routing key to a direct exchange
+        `q.n-shards` that the type's fanout feeds. The names hold n so that queues of another
+        count are never bound with these keys (an id would reach two shards)."""
         amqp = [t for t in self.types.values() if t.transport == "amqp"]
         # A consumer without a queue reads a file the producer writes (the plot reads the CSV).
         queues = tuple(
-            QueueSpec(c.queue, t.name, t.name) for t in amqp for c in t.consumers if c.queue
+            spec
+            for t in amqp
+            for c in t.consumers
+            if c.queue
+            for spec in _queues(c, t.name, shards if c.partitioned else 1)
         )
         histories = tuple(t.history for t in amqp if t.history)
         return Topology(
@@ -224,9 +273,32 @@ class Contracts:
         )
 
 
+def _queues(consumer: Consumer, type_: str, shards: int) -> list[QueueSpec]:
+    if shards == 1:
+        return [QueueSpec(consumer.queue, type_, type_)]
+    keys = [f"{k:02x}" for k in range(KEYS)]
+    return [
+        QueueSpec(
+            f"{consumer.queue}.shard-{shard}-of-{shards}",
+            type_,
+            type_,
+            router=f"{consumer.queue}.{shards}-shards",
+            keys=tuple(k for k in keys if shard_of(k, shards) == shard),
+            shard=shard,
+            family=consumer.queue,
+        )
+        for shard in range(shards)
+    ]
+
+
 def _message_type(name: str, spec: dict[str, Any]) -> MessageType:
     consumers = tuple(
-        Consumer(c["service"], c.get("queue", ""), tuple(c.get("accepts", ())))
+        Consumer(
+            c["service"],
+            c.get("queue", ""),
+            tuple(c.get("accepts", ())),
+            bool(c.get("partitioned", False)),
+        )
         for c in spec["consumers"]
     )
     return MessageType(

@@ -26,9 +26,9 @@ def password_variable(user: str) -> str:
     return "RABBITMQ_ADMIN_PASSWORD" if user == ADMIN_USER else f"{user.upper()}_BROKER_PASSWORD"
 
 
-def permissions(contracts: Contracts) -> dict[str, dict[str, str]]:
+def permissions(contracts: Contracts, shards: int = 1) -> dict[str, dict[str, str]]:
     """configure/write/read regular expressions per service user."""
-    topo = contracts.topology()
+    topo = contracts.topology(shards)
     users: dict[str, dict[str, list[str]]] = {}
     for mtype in contracts.types.values():
         if mtype.transport != "amqp":
@@ -36,7 +36,7 @@ def permissions(contracts: Contracts) -> dict[str, dict[str, str]]:
         users.setdefault(mtype.producer, {"write": [], "read": []})["write"].append(mtype.name)
         for consumer in (c for c in mtype.consumers if c.queue):
             entry = users.setdefault(consumer.service, {"write": [], "read": []})
-            entry["read"].append(consumer.queue)
+            entry["read"].extend(q.name for q in topo.family(consumer.queue))
             if topo.dead_letter_exchange not in entry["write"]:
                 entry["write"].append(topo.dead_letter_exchange)
     return {
@@ -45,9 +45,9 @@ def permissions(contracts: Contracts) -> dict[str, dict[str, str]]:
     }
 
 
-def build(contracts: Contracts, vhost: str = "modelwatch") -> dict[str, Any]:
-    topo = contracts.topology()
-    grants = permissions(contracts)
+def build(contracts: Contracts, vhost: str = "modelwatch", shards: int = 1) -> dict[str, Any]:
+    topo = contracts.topology(shards)
+    grants = permissions(contracts, shards)
     users = [*grants, ADMIN_USER]
     queues = [(q.name, topo.queue_arguments(q)) for q in topo.queues]
     queues += [(q.dlq, topo.dlq_arguments((4,))) for q in topo.queues]  # the image is 4.x
@@ -69,13 +69,21 @@ def build(contracts: Contracts, vhost: str = "modelwatch") -> dict[str, Any]:
         "exchanges": [
             _exchange(vhost, topo.dead_letter_exchange, "direct"),
             *(_exchange(vhost, name, "fanout") for name in topo.exchanges),
+            *(_exchange(vhost, router, "direct", internal=True) for router, _ in topo.routers),
         ],
         "queues": [_queue(vhost, name, arguments) for name, arguments in queues],
         "bindings": [
+            _binding(vhost, source, router, "", "exchange") for router, source in topo.routers
+        ]
+        + [
             binding
             for q in topo.queues
             for binding in (
-                _binding(vhost, q.exchange, q.name, ""),
+                *(
+                    [_binding(vhost, q.router, q.name, key) for key in q.keys]
+                    if q.router
+                    else [_binding(vhost, q.exchange, q.name, "")]
+                ),
                 _binding(vhost, topo.dead_letter_exchange, q.dlq, q.name),
             )
         ]
@@ -90,9 +98,9 @@ def _exactly(names: list[str]) -> str:
     return "^(" + "|".join(re.escape(n) for n in names) + ")$" if names else "^$"
 
 
-def _exchange(vhost: str, name: str, kind: str) -> dict[str, Any]:
+def _exchange(vhost: str, name: str, kind: str, internal: bool = False) -> dict[str, Any]:
     return {"name": name, "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
-            "internal": False, "arguments": {}}  # fmt: skip
+            "internal": internal, "arguments": {}}  # fmt: skip
 
 
 def _queue(vhost: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +108,8 @@ def _queue(vhost: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
             "arguments": arguments}  # fmt: skip
 
 
-def _binding(vhost: str, source: str, queue: str, key: str) -> dict[str, Any]:
-    return {"source": source, "vhost": vhost, "destination": queue, "destination_type": "queue",
-            "routing_key": key, "arguments": {}}  # fmt: skip
+def _binding(
+    vhost: str, source: str, destination: str, key: str, kind: str = "queue"
+) -> dict[str, Any]:
+    return {"source": source, "vhost": vhost, "destination": destination,
+            "destination_type": kind, "routing_key": key, "arguments": {}}  # fmt: skip

@@ -137,6 +137,10 @@ def choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # RabbitMQ 4.x's max_message_size default
 
 
+# More shards than metric processes anyone runs only adds queues; 64 keeps each within 1/4 of even.
+MAX_SHARDS = 64
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """How a service talks to RabbitMQ: shared by every service that uses the broker."""
@@ -147,9 +151,15 @@ class BrokerSettings:
     # The broker closes the channel of a publisher that sends a bigger body; knowing the limit,
     # the publisher refuses such a message itself and says why (RabbitMQ 4.x default: 16 MiB).
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # Shard queues per partitioned consumer (the metric's join): part of the topology, so every
+    # service that declares or verifies it must be given the same number.
+    shards: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BrokerSettings:
+        shards = integer(env, "METRIC_SHARDS", 1, minimum=1)
+        if shards > MAX_SHARDS:
+            raise ConfigError(f"METRIC_SHARDS must be <= {MAX_SHARDS}, got {shards}")
         return cls(
             urls=amqp_urls(env),
             topology=choice(env, "RABBITMQ_TOPOLOGY", "declare", ("declare", "verify")),
@@ -157,6 +167,7 @@ class BrokerSettings:
             max_message_size=integer(
                 env, "RABBITMQ_MAX_MESSAGE_SIZE", DEFAULT_MAX_MESSAGE_SIZE, minimum=1
             ),
+            shards=shards,
         )
 
 

@@ -26,7 +26,7 @@ from observability.messaging import publishing
 from observability.metrics import messaging_key
 from services.common.broker.confirms import Confirmed, Confirms
 from services.common.broker.connection import Connection, why
-from services.common.contracts import Contracts
+from services.common.contracts import Contracts, shard_key
 from services.common.messages import Outgoing, encode_body
 
 log = logging.getLogger("modelwatch.broker")
@@ -34,7 +34,7 @@ log = logging.getLogger("modelwatch.broker")
 # How RabbitMQ says it closed a channel for a body over its max_message_size.
 _TOO_LARGE = re.compile(r"larger than configured max size (\d+)")
 
-Prepared = tuple[str, bytes, BasicProperties]  # exchange, body, properties
+Prepared = tuple[str, str, bytes, BasicProperties]  # exchange, routing key, body, properties
 
 
 class MessageTooLarge(ValueError):
@@ -50,6 +50,7 @@ class Publisher:
         self._service = service
         self._max_size = max_size
         self._max_size_from = "RABBITMQ_MAX_MESSAGE_SIZE"
+        self._keyed = frozenset(t for t in contracts.types if contracts.partitioned(t))
         self.confirms = Confirms()
         link.on_open(self._on_open)
         link.on_channel_error(self._learn_max_size)
@@ -82,13 +83,15 @@ class Publisher:
             timestamp=int(time.time()),
             headers={"schema": self._contracts.schema_ids[out.type, version]},
         )
-        return out.type, body, props
+        # A partitioned type's key picks the shard queue; the fanout ignores it (shards == 1).
+        key = shard_key(out.id) if out.type in self._keyed else ""
+        return out.type, key, body, props
 
     def send_prepared(
         self, prepared: Prepared, on_done: Confirmed, parent: SpanContext | None = None
     ) -> None:
-        exchange, body, props = prepared
-        self.send(exchange, "", body, props, on_done, parent)
+        exchange, key, body, props = prepared
+        self.send(exchange, key, body, props, on_done, parent)
 
     def send(
         self, exchange: str, key: str, body: bytes, props: BasicProperties, on_done: Confirmed,

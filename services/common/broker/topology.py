@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,11 +24,20 @@ async def declare(call: Call, ch: Any, topo: Topology, broker: tuple[int, ...] =
     for exchange in topo.exchanges:
         await call(lambda cb, e=exchange: ch.exchange_declare(
             e, "fanout", durable=True, callback=cb))  # fmt: skip
+    for router, source in topo.routers:
+        # Internal: fed only by the fanout (which passes the message's routing key on).
+        await call(lambda cb, r=router: ch.exchange_declare(
+            r, "direct", durable=True, internal=True, callback=cb))  # fmt: skip
+        await call(lambda cb, r=router, s=source: ch.exchange_bind(r, s, callback=cb))
     for q in topo.queues:
         arguments = topo.queue_arguments(q)
         await call(lambda cb, q=q, a=arguments: ch.queue_declare(
             q.name, durable=True, arguments=a, callback=cb))  # fmt: skip
-        await call(lambda cb, q=q: ch.queue_bind(q.name, q.exchange, callback=cb))
+        if q.router:  # pika sends one bind after another; asking for all at once saves waits
+            await asyncio.gather(*(call(lambda cb, q=q, k=key: ch.queue_bind(
+                q.name, q.router, routing_key=k, callback=cb)) for key in q.keys))  # fmt: skip
+        else:
+            await call(lambda cb, q=q: ch.queue_bind(q.name, q.exchange, callback=cb))
         await call(lambda cb, q=q: ch.queue_declare(
             q.dlq, durable=True, arguments=dlq_arguments, callback=cb))  # fmt: skip
         await call(lambda cb, q=q: ch.queue_bind(q.dlq, dlx, routing_key=q.name, callback=cb))
@@ -39,7 +49,8 @@ async def declare(call: Call, ch: Any, topo: Topology, broker: tuple[int, ...] =
 
 async def verify(call: Call, ch: Any, topo: Topology, broker: tuple[int, ...] = (4,)) -> None:
     """Check the preloaded topology exists; passive declares need no configure permission."""
-    for exchange in (topo.dead_letter_exchange, *topo.exchanges):
+    routers = [router for router, _ in topo.routers]
+    for exchange in (topo.dead_letter_exchange, *topo.exchanges, *routers):
         await call(lambda cb, e=exchange: ch.exchange_declare(e, passive=True, callback=cb))
     names = [n for q in topo.queues for n in (q.name, q.dlq)] + [h.queue for h in topo.histories]
     for name in names:
