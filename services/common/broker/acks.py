@@ -44,6 +44,10 @@ class AckWindow:
         self._unacked.clear()
         self._settled.clear()
 
+    def holds_up_to(self, tag: int) -> bool:
+        """Whether a delivery at or before `tag` is still unacked (settled or not)."""
+        return bool(self._unacked) and self._unacked[0] <= tag
+
     @property
     def unsettled(self) -> int:
         """Deliveries not yet settled (still being handled, or waiting for a flush)."""

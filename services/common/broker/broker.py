@@ -26,7 +26,7 @@ from services.common.broker.deadletters import DeadLettering
 from services.common.broker.publisher import Publisher
 from services.common.broker.watchdog import watch_queues
 from services.common.broker.wire import join_sends
-from services.common.contracts import Contracts
+from services.common.contracts import Contracts, QueueSpec
 from services.common.messages import Outgoing
 from services.common.settings import BrokerSettings
 
@@ -43,7 +43,8 @@ class Broker:
     def __init__(self, settings: BrokerSettings, contracts: Contracts, service: str):
         join_sends()
         self._contracts = contracts
-        self._topology = contracts.topology()
+        self._shards = settings.shards
+        self._topology = contracts.topology(settings.shards)
         self._service = service
         self._verify_only = settings.topology == "verify"
         self._link = Connection(settings.urls)
@@ -62,22 +63,36 @@ class Broker:
 
     def consume(
         self, type_: str, handler: Handler, span: str = "", span_attributes: dict | None = None,
-        aggregate: bool = False,
-    ) -> None:  # fmt: skip
-        """Consume this service's queue for `type_` (from the catalog) with `handler`.
+        aggregate: bool = False, queue: QueueSpec | None = None,
+    ) -> Consumer:  # fmt: skip
+        """Consume this service's queue for `type_` (from the catalog) with `handler`, before
+        start or while running.
 
         With `span`, each handler call gets a span of that name (e.g. "predict") under the
         message's process span. With `aggregate` (a consumer whose outputs summarise many
         messages), the deliveries that arrive together are handled under one process span
-        linked to each message, instead of a span in every message's trace.
+        linked to each message, instead of a span in every message's trace. `queue` picks one
+        of `queues(type_)` when the queue is sharded.
         """
         entry = self._contracts.consumer(self._service, type_)
-        spec = next(q for q in self._topology.queues if q.name == entry.queue)
-        self._consumers.add(
-            Consumer(
-                spec, frozenset(entry.accepts), handler, span, span_attributes or {}, aggregate
-            )
+        specs = self._topology.family(entry.queue)
+        spec = queue if queue is not None else specs[0]
+        if spec not in specs or (queue is None and len(specs) > 1):
+            raise ValueError(f"{type_}: name one of {[q.name for q in specs]}")
+        consumer = Consumer(
+            spec, frozenset(entry.accepts), handler, span, span_attributes or {}, aggregate
         )
+        self._consumers.add(consumer)
+        return consumer
+
+    def queues(self, type_: str) -> list[QueueSpec]:
+        """This service's queue for `type_`, or its shard queues (METRIC_SHARDS)."""
+        return self._topology.family(self._contracts.consumer(self._service, type_).queue)
+
+    async def cancel(self, consumer: Consumer) -> None:
+        """Stop consuming; returns once everything it received is acknowledged (after the
+        flush that made it durable), or went back to the broker with a lost channel."""
+        await self._consumers.remove(consumer)
 
     def on_flush(self, flush: Callable[[], None]) -> None:
         """Make handler effects durable in batches: `flush` runs before inputs are acknowledged."""
@@ -120,8 +135,8 @@ class Broker:
         """
         if not await self._link.start(stop):
             return False
-        if self._consumers.entries:
-            self._watchdog = self.watch(watch_queues(self._link, self._consumers), "watchdog")
+        # Also with no consumer yet: a service may add them while it runs.
+        self._watchdog = self.watch(watch_queues(self._link, self._consumers), "watchdog")
         return True
 
     def watch(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -186,4 +201,8 @@ class Broker:
                 # next attempt declares it again. Only a conflict or a refusal is final.
                 raise
             how = "RABBITMQ_TOPOLOGY=verify: " if self._verify_only else "declaring the topology: "
-            raise BrokerError(f"{how}{exc.reply_text}") from None
+            hint = ""
+            if exc.reply_code == 404 and "metric.y_" in (exc.reply_text or ""):
+                hint = (f" (METRIC_SHARDS is {self._shards} here: it must be the number the "
+                        "definitions were made with)")  # fmt: skip
+            raise BrokerError(f"{how}{exc.reply_text}{hint}") from None

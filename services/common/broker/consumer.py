@@ -43,6 +43,7 @@ from services.common.messages import Message, Outgoing, Rejected
 log = logging.getLogger("modelwatch.broker")
 
 Handler = Callable[[Message], Sequence[Outgoing]]
+CANCEL_S = 10.0  # how long a consumer's cancel may wait for the broker's answer
 # Links per batch span: the SDK keeps 128 by default (OTEL_SPAN_LINK_COUNT_LIMIT) and drops more.
 LINKS = 128
 
@@ -57,6 +58,7 @@ class Consumer:
     aggregate: bool = False  # one span per batch of deliveries, linked to each message
     tag: str = ""  # the consumer tag on the current channel
     delivered: int = 0  # deliveries received, for the watchdog
+    last: tuple[Any, int] = (None, 0)  # (channel, delivery tag) of the newest delivery
 
     def measure(self, seconds: float, error: str) -> None:
         """Count the delivery and record how long handling it took (observability/metrics.py)."""
@@ -82,19 +84,44 @@ class Consumers:
         self.settler = Settler(link)
         # An aggregating consumer's deliveries from one read of the socket, handled together.
         self._arrived: list[tuple[Consumer, Channel, Basic.Deliver, BasicProperties, bytes]] = []
+        self._consuming_on: Channel | None = None  # the channel on_open set up
 
     def add(self, consumer: Consumer) -> None:
+        """Consume `consumer`'s queue: now if the channel is set up, else when it is."""
         self.entries.append(consumer)
+        chan = self._link.channel
+        if chan is not None and chan is self._consuming_on and chan.is_open:
+            consumer.tag = chan.basic_consume(consumer.spec.name, self._on_delivery(consumer))
+
+    async def remove(self, consumer: Consumer) -> None:
+        """Stop consuming `consumer`'s queue; returns once the broker confirmed the cancel and
+        every delivery it handled is acknowledged (or gone with its channel)."""
+        self.entries.remove(consumer)
+        chan = self._link.channel
+        if chan is not None and chan.is_open and consumer.tag in chan.consumer_tags:
+            # pika rejects (requeues) what the broker sent before it saw the cancel. No answer
+            # (the channel lost, or blocked by an alarm): its deliveries are ours no more either
+            # way, as pika rejects whatever comes for a cancelled tag.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._link.call(
+                    lambda cb: chan.basic_cancel(consumer.tag, callback=cb)), CANCEL_S)  # fmt: skip
+        last_channel, last_tag = consumer.last
+        while last_channel is self._link.channel and self.settler.acks.holds_up_to(last_tag):
+            await asyncio.sleep(0.01)
 
     async def on_open(self, chan: Channel) -> None:
         """Consume every queue on the new channel (after the topology is in place)."""
         chan.add_on_cancel_callback(self._on_cancelled)
-        if self.entries:
-            await self._link.call(
-                lambda cb: chan.basic_qos(prefetch_count=self.prefetch, callback=cb)
-            )
+        # Also with no consumer yet: one may be added while the channel is open (add).
+        await self._link.call(lambda cb: chan.basic_qos(prefetch_count=self.prefetch, callback=cb))
         for consumer in self.entries:
             consumer.tag = chan.basic_consume(consumer.spec.name, self._on_delivery(consumer))
+        self._consuming_on = chan
+
+    @property
+    def set_up_on(self) -> Channel | None:
+        """The channel whose consumers are registered (a new one is not until on_open ends)."""
+        return self._consuming_on
 
     def cancel(self) -> None:
         """Stop receiving (on shutdown); what is in flight still settles."""
@@ -117,6 +144,7 @@ class Consumers:
         ) -> None:
             self.settler.acks.delivered(method.delivery_tag)
             consumer.delivered += 1
+            consumer.last = (chan, method.delivery_tag)
             if consumer.aggregate:
                 if not self._arrived:  # pika hands over every delivery of a read before this runs
                     asyncio.get_running_loop().call_soon(self._process_arrived)

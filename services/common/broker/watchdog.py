@@ -26,13 +26,18 @@ Look = tuple[Channel, int, int]  # (channel, ready messages, deliveries to us) a
 
 async def watch_queues(link: Connection, consumers: Consumers, every_s: float = 5.0) -> None:
     """Look at every consumed queue every `every_s` seconds; reconnect when one is not consumed."""
-    last: dict[str, Look] = {}
+    last: dict[str, Look] = {}  # by consumer tag: a queue consumed again starts afresh
     while not link.stopping:
         await asyncio.sleep(every_s)
         chan = link.channel
-        if chan is None or not chan.is_open or link.stopping:
+        # A channel still being set up (topology, then consumers) has none of our tags yet.
+        if chan is None or not chan.is_open or link.stopping or chan is not consumers.set_up_on:
             continue
-        for consumer in consumers.entries:
+        tags = {c.tag for c in consumers.entries}
+        last = {tag: look for tag, look in last.items() if tag in tags}
+        for consumer in list(consumers.entries):  # one may be added or removed meanwhile
+            if consumer not in consumers.entries:
+                continue
             # No timeout on purpose: while a resource alarm blocks the connection the broker
             # reads nothing from it, this included, and reconnecting would not unblock it.
             try:
@@ -40,9 +45,11 @@ async def watch_queues(link: Connection, consumers: Consumers, every_s: float = 
                     q, passive=True, callback=cb))  # fmt: skip
             except Exception:  # noqa: BLE001 - the channel closed: the reconnect handles it
                 break
+            if consumer not in consumers.entries:  # removed while we asked (a shard given back)
+                continue
             now = (chan, ok.method.message_count, consumer.delivered)
-            why = idle_reason(consumer, consumers, ok.method, last.get(consumer.spec.name), now)
-            last[consumer.spec.name] = now
+            why = idle_reason(consumer, consumers, ok.method, last.get(consumer.tag), now)
+            last[consumer.tag] = now
             if why and chan is link.channel and link.conn is not None and link.conn.is_open:
                 log.error("%s; reconnecting", why)
                 link.conn.close()
