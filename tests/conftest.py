@@ -172,11 +172,13 @@ class Services:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, **overrides: str) -> subprocess.Popen:
+    def start(self, name: str, label: str = "", **overrides: str) -> subprocess.Popen:
+        """Start `services.<name>`, known (and logged) as `label`, default `name`."""
+        service, name = name, label or name
         self.logs.mkdir(parents=True, exist_ok=True)
         out = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
+            [sys.executable, "-m", f"services.{service}"],
             env={**self.env, **overrides},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -28,6 +28,7 @@ import pika
 import pytest
 
 from services.common.broker import DeadLetters
+from services.common.contracts import Contracts
 from tests.brokers import Cluster, Node
 from tests.conftest import REPO, Amqp, Services, model_broker_in_thread, read_csv, wait_until
 from tests.session_broker import Broker
@@ -66,6 +67,13 @@ def _queue_depth(node: Node | Cluster, queue: str) -> int:
         return client.count(queue)
     finally:
         client.close()
+
+
+def _dead_letter_queues(service_env: dict) -> list[str]:
+    """The dead-letter queues of the model's and the metric's queues (their shards, if any)."""
+    topology = Contracts(REPO / "contracts").topology(int(service_env.get("METRIC_SHARDS", "1")))
+    families = ("model.features", "metric.y_true", "metric.y_pred")
+    return [q.dlq for family in families for q in topology.family(family)]
 
 
 def _utc_now() -> datetime:
@@ -121,7 +129,7 @@ def run_through(node: Node | Cluster, services: Services, service_env: dict, n: 
     assert set(ids) == confirmed, "a row for an id the broker never confirmed"
     assert len(confirmed) == (n or len(confirmed))
     assert read_csv(Path(service_env["METRIC_ORPHAN_LOG_PATH"])) == []
-    for dlq in ("model.features.dlq", "metric.y_true.dlq", "metric.y_pred.dlq"):
+    for dlq in _dead_letter_queues(service_env):
         assert _queue_depth(node, dlq) == 0, dlq
     for name in ("model", "metric"):
         assert services.stop(name) == 0, services.output(name)
@@ -177,6 +185,35 @@ def test_a_second_metric_waits_and_takes_over_when_the_first_is_killed(
     out = services.output("metric")
     assert out.count("waiting as a standby") == 1 and out.count("took over") == 1, out[-2000:]
     print(f"\nstandby took over after row {seen['rows at the kill']}: {figures}")
+
+
+def test_three_metrics_share_the_join_one_killed_and_one_added(node, services, service_env) -> None:
+    """METRIC_SHARDS=6 and several metric processes on one log: each holds some shards; one is
+    SIGKILLed and started again, a third is added, and every row is still recorded once."""
+    service_env["METRIC_SHARDS"] = "6"
+    seen = {}
+    services.start("metric", "metric-b", RABBITMQ_URL=node.url)
+
+    def kill_one_and_add_one() -> None:
+        first = services.procs["metric-a"] = services.procs["metric"]  # stopped if we fail
+        wait_until(lambda: "took shard" in services.output("metric"), 30, "a shard for each")
+        seen["rows at the kill"] = len(read_csv(Path(service_env["METRIC_LOG_PATH"])))
+        first.kill()
+        seen["first"] = first.wait(30)
+        services.start("metric", RABBITMQ_URL=node.url)  # the same process started again
+        services.start("metric", "metric-c", RABBITMQ_URL=node.url)  # and one more
+        wait_until(lambda: "took shard" in services.output("metric-c"), 30, "the third's shards")
+
+    figures = run_through(node, services, service_env, 4000, kill_one_and_add_one, "0.005")
+    assert seen["first"] == -signal.SIGKILL
+    for name in ("metric-b", "metric-c"):
+        assert services.stop(name) == 0, services.output(name)
+    logs = {name: services.output(name) for name in ("metric", "metric-b", "metric-c")}
+    # The shards moved: the survivor took the killed one's, then gave some back to the newcomers.
+    assert "gave shard" in logs["metric-b"], logs["metric-b"][-3000:]
+    assert all("took shard" in out for out in logs.values()), logs
+    # The killed process's shards each had a new owner that recovered them.
+    print(f"\nthree metrics, one killed at row {seen['rows at the kill']}: {figures}")
 
 
 def test_model_killed_mid_batch_and_restarted(node, services, service_env) -> None:

@@ -188,3 +188,39 @@ def test_nothing_is_kept_to_publish_when_no_queue_takes_metric_record(
     record(store)
     store.flush()
     assert not store.outbox
+
+
+def test_shards_append_to_one_log_and_each_recovers_only_its_own_rows(
+    tmp_path: Path, contracts: Contracts
+) -> None:
+    """Two shards' stores (as two processes would) on one metrics CSV: each row once, a dead
+    writer's torn line cut by the next writer, and recovery that marks only the shard's ids."""
+
+    def shard(name: str, owns: str) -> Store:
+        return Store(
+            tmp_path / f"{name}.sqlite3",
+            AppendOnlyCsv(tmp_path / "metric_log.csv", contracts.columns("metric_record"), "M"),
+            AppendOnlyCsv(tmp_path / "orphans.csv", contracts.columns("orphan_record"), "O"),
+            owns=lambda id_: id_.startswith(owns),
+        )
+
+    a, b = shard("a", "a"), shard("b", "b")
+    record(a, "a1")
+    a.flush()
+    record(b, "b1")
+    b.flush()
+    record(a, "a2")
+    a.metrics.flush()  # a's row reaches the CSV, then a dies before its commit
+    a.close()
+    with open(tmp_path / "metric_log.csv", "a") as log:
+        log.write("a3,torn")  # and a writer died inside a write
+    record(b, "b2")
+    b.flush()  # cuts the torn line under the lock, then appends
+    rows = (tmp_path / "metric_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["a1", "b1", "a2", "b2"]
+    assert rows[0].startswith("message_id,")  # one header, written once
+    a = shard("a", "a")  # a's next owner: a2 was written, so it is a duplicate now
+    assert a.lookup("a2", "y_true")[0] is not None and a.lookup("a2", "y_true")[0].state == "joined"
+    assert a.lookup("b2", "y_true") == (None, None)  # b's rows are b's
+    b.close()
+    a.close()

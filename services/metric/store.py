@@ -21,13 +21,15 @@ the inputs unacknowledged and try again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +45,19 @@ CREATE TABLE IF NOT EXISTS halves (
 CREATE INDEX IF NOT EXISTS halves_by_state ON halves (state, since);
 CREATE TABLE IF NOT EXISTS file_ends (path TEXT PRIMARY KEY, size INTEGER NOT NULL);
 """
+LOCK_WAIT_S = 5.0  # at most this long for another metric process to finish a write
 _HALF_COLUMNS = "id, kind, value, model_version, emitted_at, received_at, trace_id, span_id, state"
 _TEN_PLACES = ", ".join("?" * 10)
 
 
 class AppendOnlyCsv:
-    """A CSV file that only grows by whole, fsynced lines."""
+    """A CSV file that only grows by whole, fsynced lines, shared by the metric's shards.
+
+    Several stores (shards, in one process or several) append to one file: each write, and each
+    cut of a torn line, happens under an exclusive `flock` of the file, so lines never interleave
+    and a line without its newline at the end can only be a dead writer's (cut off: it was never
+    committed). `size` is where this writer's last write ended (its committed end, store.py).
+    """
 
     def __init__(self, path: Path, columns: Sequence[str], setting: str) -> None:
         self.path = path
@@ -56,36 +65,71 @@ class AppendOnlyCsv:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, lineterminator="\n")
-        self.size = _cut_torn_tail(self._fd)
-        if self.size == 0:
-            self._writer.writerow(self.columns)
-        else:
-            header = _read_from(self._fd, 0).split("\n", 1)[0]
-            if header.split(",") != self.columns:
-                raise ConfigError(
-                    f"{setting}: {path} has columns {header!r}, expected "
-                    f"{','.join(self.columns)!r}; move the old file aside"
-                )
+        with self._locked():
+            self.size = _cut_torn_tail(self._fd)
+            if self.size == 0:  # a new file: its header goes out now, before any writer's rows
+                self._writer.writerow(self.columns)
+                self._write()
+        header = os.pread(self._fd, 64 * 1024, 0).decode().split("\n", 1)[0]
+        if header.split(",") != self.columns:
+            raise ConfigError(
+                f"{setting}: {path} has columns {header!r}, expected "
+                f"{','.join(self.columns)!r}; move the old file aside"
+            )
 
     def add(self, row: dict) -> None:
         self._writer.writerow([row[c] for c in self.columns])
 
+    @property
+    def buffered(self) -> bool:
+        return self._buffer.tell() > 0
+
     def flush(self) -> None:
-        data = self._buffer.getvalue().encode()
-        if not data:
+        if not self.buffered:
             return
-        if os.fstat(self._fd).st_size != self.size:
-            os.ftruncate(self._fd, self.size)  # a failed write left part of a batch behind
-        pending = memoryview(data)
-        while pending:  # a full disk can take part of a write without raising: finish or fail
-            pending = pending[os.write(self._fd, pending) :]
-        os.fsync(self._fd)
-        self.size += len(data)
+        with self._locked():
+            self._write()
+
+    def _write(self) -> None:
+        """Append the buffer (the caller holds the lock); on failure, nothing of it stays."""
+        data = self._buffer.getvalue().encode()
+        start = _cut_torn_tail(self._fd)  # after another writer's rows, or a dead one's torn line
+        try:
+            pending = memoryview(data)
+            while pending:  # a full disk can take part of a write without raising: finish or fail
+                pending = pending[os.write(self._fd, pending) :]
+            os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, start)
+            raise
+        self.size = start + len(data)
         self._buffer.seek(0)
         self._buffer.truncate()
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Polled, not a blocking flock: a writer that hangs holding it (stopped, or a disk that
+        # does not answer) must not freeze this event loop; after LOCK_WAIT_S the flush fails
+        # like a failed write, and the settler retries it with the inputs unacked.
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(f"{self.path}: another writer held its lock for "
+                                  f"{LOCK_WAIT_S:g} s") from None  # fmt: skip
+                time.sleep(0.001)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def rows_after(self, offset: int) -> list[dict]:
-        text = _read_from(self._fd, offset)
+        """The rows from `offset` up to where the file ended when this writer last held the
+        lock (beyond it, another writer may be half way through a line)."""
+        text = os.pread(self._fd, max(self.size - offset, 0), offset).decode()
         return list(csv.DictReader(io.StringIO(text), fieldnames=self.columns))
 
     def close(self) -> None:
@@ -94,13 +138,16 @@ class AppendOnlyCsv:
 
 class Store:
     def __init__(
-        self, db_path: Path, metrics: AppendOnlyCsv, orphans: AppendOnlyCsv, publish: bool = True
-    ) -> None:
+        self, db_path: Path, metrics: AppendOnlyCsv, orphans: AppendOnlyCsv, publish: bool = True,
+        owns: Callable[[str], bool] = lambda _id: True,
+    ) -> None:  # fmt: skip
+        """`owns(id)`: whether an id is this store's (its shard's), in files other shards share."""
         self._db = sqlite3.connect(db_path, isolation_level="DEFERRED")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db_path = db_path
         self._since_commit: list[tuple[str, tuple]] = []  # replayed if a commit is rolled back
+        self._owns = owns
         self._db.executescript(SCHEMA)
         self.metrics = metrics
         self.orphans = orphans
@@ -120,8 +167,7 @@ class Store:
         if not publish:
             published = metrics.size  # no queue takes metric_record: nothing to send, ever
         if metrics.size > published:
-            rows = [(_typed(r), None) for r in metrics.rows_after(published)
-                    if r["message_id"] != "message_id"]  # fmt: skip
+            rows = [(_typed(r), None) for r in self._rows_after(metrics, published)]
             self.outbox.append((rows, metrics.size))
         self.mark_published(published)
         self._commit()
@@ -179,6 +225,8 @@ class Store:
     def flush(self) -> list[dict]:
         """Make everything since the last flush durable: CSV lines first, then the database.
         Returns the rows it made durable."""
+        if not (self._since_commit or self.metrics.buffered or self.orphans.buffered):
+            return []  # an idle shard: no empty commit (an fsync) at every batch of the others
         self.metrics.flush()
         self.orphans.flush()
         self._set_end(self.metrics)
@@ -243,12 +291,18 @@ class Store:
         ).fetchone()
         committed = found[0] if found else 0
         if file.size > committed:
-            rows = file.rows_after(committed)
-            for row in rows:
-                if row["message_id"] != "message_id":  # the header of a new file
-                    for half in halves(row):
-                        self._put(half, state)
+            for row in self._rows_after(file, committed):
+                for half in halves(row):
+                    self._put(half, state)
         self._set_end(file)
+
+    def _rows_after(self, file: AppendOnlyCsv, offset: int) -> list[dict]:
+        """This store's rows after `offset` (other shards' rows are interleaved with them)."""
+        return [
+            row
+            for row in file.rows_after(offset)
+            if row["message_id"] != "message_id" and self._owns(row["message_id"])
+        ]
 
 
 _NUMBERS = ("y_true", "y_pred", "absolute_error", "latency_ms")
@@ -306,8 +360,3 @@ def _cut_torn_tail(fd: int) -> int:
     keep = text.rfind(b"\n") + 1
     os.ftruncate(fd, keep)
     return keep
-
-
-def _read_from(fd: int, offset: int) -> str:
-    size = os.fstat(fd).st_size
-    return os.pread(fd, max(size - offset, 0), offset).decode()
