@@ -20,7 +20,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from services.common.contracts import Contracts
+from services.common.contracts import Contracts, shard_key, shard_of
 from services.common.definitions import build, password_variable
 from tests.compose import load, read_env_file
 from tests.conftest import REPO, Services, free_port, read_csv, wait_until
@@ -68,10 +68,17 @@ def test_shell_scripts_pass_shellcheck() -> None:
     assert done.returncode == 0, done.stdout
 
 
-def test_committed_definitions_are_the_ones_the_catalog_gives(contracts: Contracts) -> None:
-    assert json.loads(DEFINITIONS.read_text()) == build(contracts), (
-        "deploy/rabbitmq/definitions.json is stale: "
-        "run `modelwatch broker definitions > deploy/rabbitmq/definitions.json`"
+def test_committed_definitions_are_the_ones_the_catalog_gives(
+    contracts: Contracts, compose: dict
+) -> None:
+    shards = int(compose["services"]["metric"]["environment"]["METRIC_SHARDS"])
+    assert shards > 1  # so that `--scale metric=3` shares the join
+    # Every service verifies the topology with the same number, or it would not find the queues.
+    for name in BROKER_SERVICES:
+        assert compose["services"][name]["environment"]["METRIC_SHARDS"] == str(shards), name
+    assert json.loads(DEFINITIONS.read_text()) == build(contracts, shards=shards), (
+        "deploy/rabbitmq/definitions.json is stale: run `modelwatch broker definitions "
+        f"--metric-shards {shards} > deploy/rabbitmq/definitions.json`"
     )
 
 
@@ -223,22 +230,28 @@ def _publish(exchange: str, key: str = ""):
 
 
 @pytest.mark.broker
-def test_each_service_user_may_do_its_job_and_nothing_else(deployment: Deployment) -> None:
+def test_each_service_user_may_do_its_job_and_nothing_else(
+    deployment: Deployment, compose: dict
+) -> None:
     d = deployment
     # What each must be able to do.
+    # The join's halves carry their shard's key (6 shards in compose).
+    key = shard_key("an-id")
+    shards = int(compose["services"]["metric"]["environment"]["METRIC_SHARDS"])
+    shard = f"shard-{shard_of(key, shards)}-of-{shards}"
     connection, channel = _channel(d.url("features"))
     channel.basic_publish("features", "", b"{}", pika.BasicProperties(), mandatory=True)
-    channel.basic_publish("y_true", "", b"{}", pika.BasicProperties(), mandatory=True)
+    channel.basic_publish("y_true", key, b"{}", pika.BasicProperties(), mandatory=True)
     connection.close()
     connection, channel = _channel(d.url("model"))
     assert channel.basic_get("model.features", auto_ack=True)[0] is not None
-    channel.basic_publish("y_pred", "", b"{}", pika.BasicProperties(), mandatory=True)
+    channel.basic_publish("y_pred", key, b"{}", pika.BasicProperties(), mandatory=True)
     channel.basic_publish("modelwatch.dlx", "model.features", b"{}", pika.BasicProperties())
     connection.close()
     connection, channel = _channel(d.url("metric"))
-    assert channel.basic_get("metric.y_true", auto_ack=True)[0] is not None
-    assert channel.basic_get("metric.y_pred", auto_ack=True)[0] is not None
-    channel.basic_publish("modelwatch.dlx", "metric.y_pred", b"{}", pika.BasicProperties())
+    assert channel.basic_get(f"metric.y_true.{shard}", auto_ack=True)[0] is not None
+    assert channel.basic_get(f"metric.y_pred.{shard}", auto_ack=True)[0] is not None
+    channel.basic_publish("modelwatch.dlx", f"metric.y_pred.{shard}", b"{}", pika.BasicProperties())
     connection.close()
     connection, channel = _channel(d.url("dashboard"))  # reads its queues, dead-letters, no more
     channel.queue_declare("dashboard.metric_record.dlq", passive=True)  # the dead-letter counts
@@ -253,7 +266,7 @@ def test_each_service_user_may_do_its_job_and_nothing_else(deployment: Deploymen
     assert _refused(d.url("metric"), _publish("y_pred"))
     assert _refused(d.url("features"), _publish("y_pred"))
     assert _refused(d.url("features"), lambda ch: ch.basic_get("model.features"))
-    assert _refused(d.url("model"), lambda ch: ch.basic_get("metric.y_true"))
+    assert _refused(d.url("model"), lambda ch: ch.basic_get(f"metric.y_true.{shard}"))
     assert _refused(d.url("metric"), lambda ch: ch.basic_get("model.features.dlq"))
     for user in BROKER_SERVICES:
         assert _refused(d.url(user), lambda ch: ch.queue_declare("sneaky", durable=True))
@@ -261,6 +274,11 @@ def test_each_service_user_may_do_its_job_and_nothing_else(deployment: Deploymen
     # The tests' own user (guest) has no permissions in the deployment's vhost.
     with pytest.raises(pika.exceptions.ProbableAccessDeniedError):
         pika.BlockingConnection(pika.URLParameters(d.broker.url_for(d.vhost)))
+
+
+def _shards_held(log: str) -> int:
+    """How many shards a metric process holds, from its log."""
+    return log.count("took shard") - log.count("gave shard")
 
 
 def _as_deployed(compose: dict, name: str, d: Deployment, receiver: Receiver, logs: Path) -> dict:
@@ -289,21 +307,32 @@ def test_services_run_with_the_environment_compose_gives_them(
     base = {"PATH": os.environ["PATH"], "MODEL_PATH": str(model_path), "HOME": str(tmp_path),
             "OTEL_BSP_SCHEDULE_DELAY": "100"}  # fmt: skip
     running = Services(base, tmp_path / "out")
+    # `docker compose up --scale metric=3`: three metric containers with one environment, one
+    # ./logs; they share the join's shards.
+    metrics = ("metric", "metric-2", "metric-3")
     try:
-        for name in ("metric", "model", "plot"):
+        for name in ("model", "plot"):
             running.start(name, **_as_deployed(compose, name, deployment, receiver, logs))
+        for label in metrics:
+            running.start("metric", label, **_as_deployed(compose, "metric", deployment, receiver,
+                                                          logs))  # fmt: skip
         dashboard = _as_deployed(compose, "dashboard", deployment, receiver, logs)
         assert dashboard.pop("DASHBOARD_ADDR") == "0.0.0.0:8050"  # published by compose's ports
         running.start("dashboard", **dashboard, DASHBOARD_ADDR=f"127.0.0.1:{free_port()}")
         features = _as_deployed(compose, "features", deployment, receiver, logs)
-        running.start("features", **{**features, "FEATURES_COUNT": "25",
+        running.start("features", **{**features, "FEATURES_COUNT": "300",
                                      "FEATURES_INTERVAL_S": "0.01"})  # fmt: skip
         csv_path = logs / "metric_log.csv"
-        wait_until(lambda: len(read_csv(csv_path)) >= 25, 60, "25 rows")
+        wait_until(lambda: len(read_csv(csv_path)) >= 300, 60, "300 rows")
+        ids = [row["message_id"] for row in read_csv(csv_path)]
+        assert len(ids) == len(set(ids)) == 300  # one log, every row once
         wait_until(lambda: (logs / "error_distribution.png").exists(), 30, "the plot")
         assert running.stop("features") == 0
         wait_until(lambda: (logs / "dashboard_state.json").exists(), 30, "the dashboard's state")
-        for name in ("metric", "model", "plot", "dashboard"):
+        # Each of the three holds its share of the 6 shards (2) once they have seen each other.
+        wait_until(lambda: all(_shards_held(running.output(m)) == 2 for m in metrics), 30,
+                   "two shards each")  # fmt: skip
+        for name in (*metrics, "model", "plot", "dashboard"):
             assert running.stop(name) == 0, running.output(name)
         services = {s.service for s in receiver.snapshot()}
         assert services == {"features", "model", "metric", "dashboard"}

@@ -23,6 +23,7 @@ from services.common.contracts import Contracts
 from services.common.messages import Rejected
 from tests.compose_broker import VHOST, ComposeBroker, booted
 from tests.conftest import REPO, Services, wait_until
+from tools.contracts.check import compose_shards
 from tools.otlp_sink import Receiver
 
 SHOTS = REPO / "logs" / "screenshots" / "management-ui"
@@ -104,11 +105,13 @@ def test_a_person_reads_a_dead_letters_reason_in_the_ui_and_a_service_user_is_re
     assert seen["header"].strip() == "User admin"
     assert "Admin" in seen["tabs"] and "RabbitMQ 4." in seen["versions"]
 
-    topology = contracts.topology()
+    topology = contracts.topology(compose_shards())  # as compose's definitions declare it
     exchanges = {row["Name"]: row for row in seen["exchanges"]}
     assert exchanges[topology.dead_letter_exchange]["Type"] == "direct"
     for name in topology.exchanges:
         assert exchanges[name]["Type"] == "fanout", name
+    for router, _ in topology.routers:  # the join's shards
+        assert exchanges[router]["Type"] == "direct", router
 
     queues = {row["Name"]: row for row in seen["queues"]}
     histories = {h.queue for h in topology.histories}

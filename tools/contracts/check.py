@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
+import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from referencing import Registry, Resource
@@ -133,16 +134,25 @@ def _check_examples(root: Path, contracts: Contracts, report: Report) -> None:
     report.notes.append(f"{count} examples")
 
 
+def compose_shards() -> int:
+    """The METRIC_SHARDS compose gives every service: the definitions are made for it."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return int(compose["x-service-env"]["METRIC_SHARDS"])
+
+
 def _check_derived_files(root: Path, contracts: Contracts, report: Report) -> None:
     document = root / "asyncapi.yaml"
     if not document.exists() or document.read_text() != asyncapi.render(contracts):
         report.problem("contracts/asyncapi.yaml does not match the catalog: "
                        "run `modelwatch contracts asyncapi`")  # fmt: skip
     definitions = REPO / "deploy" / "rabbitmq" / "definitions.json"
-    if definitions.exists() and json.loads(definitions.read_text()) != build_definitions(contracts):
+    shards = compose_shards()
+    if definitions.exists() and json.loads(definitions.read_text()) != build_definitions(
+        contracts, shards=shards
+    ):
         report.problem(
-            "deploy/rabbitmq/definitions.json does not match the catalog: run "
-            "`modelwatch broker definitions > deploy/rabbitmq/definitions.json`"
+            "deploy/rabbitmq/definitions.json does not match the catalog: run `modelwatch broker "
+            f"definitions --metric-shards {shards} > deploy/rabbitmq/definitions.json`"
         )
     done = _node("validate", str(document))
     if done.returncode != 0:
