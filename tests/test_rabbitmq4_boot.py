@@ -24,6 +24,7 @@ from services.common.definitions import build
 from tests import compose_broker as cb
 from tests.compose_broker import VHOST, ComposeBroker, settings
 from tests.conftest import Amqp, Services, free_port, read_csv, wait_until
+from tools.contracts.check import compose_shards
 from tools.otlp_sink import Receiver
 
 BROKER_SERVICES = ("features", "model", "metric", "monitor", "dashboard")
@@ -107,7 +108,7 @@ def test_the_definitions_are_loaded_at_boot_as_the_catalog_gives_them(
     broker: ComposeBroker, contracts: Contracts
 ) -> None:
     # Against the catalog, not the rendered file: a render that mangles a permission fails here.
-    loaded, expected = _definitions(broker), build(contracts, VHOST)
+    loaded, expected = _definitions(broker), build(contracts, VHOST, compose_shards())
     said = (broker.node.folder / "node.out").read_text()
     assert f"Applying definitions from regular file at {cb.HERE}/{cb.RENDERED}" in said
     assert [v["name"] for v in loaded["vhosts"]] == [VHOST]

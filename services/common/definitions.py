@@ -69,7 +69,7 @@ def build(contracts: Contracts, vhost: str = "modelwatch", shards: int = 1) -> d
         "exchanges": [
             _exchange(vhost, topo.dead_letter_exchange, "direct"),
             *(_exchange(vhost, name, "fanout") for name in topo.exchanges),
-            *(_exchange(vhost, router, "direct", internal=True) for router, _ in topo.routers),
+            *(_exchange(vhost, router, "direct") for router, _ in topo.routers),
         ],
         "queues": [_queue(vhost, name, arguments) for name, arguments in queues],
         "bindings": [
@@ -98,9 +98,9 @@ def _exactly(names: list[str]) -> str:
     return "^(" + "|".join(re.escape(n) for n in names) + ")$" if names else "^$"
 
 
-def _exchange(vhost: str, name: str, kind: str, internal: bool = False) -> dict[str, Any]:
+def _exchange(vhost: str, name: str, kind: str) -> dict[str, Any]:
     return {"name": name, "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
-            "internal": internal, "arguments": {}}  # fmt: skip
+            "internal": False, "arguments": {}}  # fmt: skip
 
 
 def _queue(vhost: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:

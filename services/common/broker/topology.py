@@ -25,9 +25,11 @@ async def declare(call: Call, ch: Any, topo: Topology, broker: tuple[int, ...] =
         await call(lambda cb, e=exchange: ch.exchange_declare(
             e, "fanout", durable=True, callback=cb))  # fmt: skip
     for router, source in topo.routers:
-        # Internal: fed only by the fanout (which passes the message's routing key on).
+        # Fed by the fanout, which passes the message's routing key on. Not `internal`: RabbitMQ
+        # leaves internal exchanges out of a definitions export, so a backup would lose it; no
+        # service may write to it anyway (definitions.py).
         await call(lambda cb, r=router: ch.exchange_declare(
-            r, "direct", durable=True, internal=True, callback=cb))  # fmt: skip
+            r, "direct", durable=True, callback=cb))  # fmt: skip
         await call(lambda cb, r=router, s=source: ch.exchange_bind(r, s, callback=cb))
     for q in topo.queues:
         arguments = topo.queue_arguments(q)
