@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import itertools
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pika
@@ -212,6 +214,12 @@ def services(service_env: dict[str, str], tmp_path: Path) -> Iterator[Services]:
     running = Services(service_env, tmp_path / "out")
     yield running
     running.stop_all()
+
+
+def stall_s(csv_path: Path) -> float:
+    """The longest pause between two rows recorded one after the other."""
+    times = sorted(datetime.fromisoformat(r["recorded_at"]) for r in read_csv(csv_path))
+    return max((b - a).total_seconds() for a, b in itertools.pairwise(times))
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -11,7 +11,6 @@ longest pause between two recorded rows).
 
 from __future__ import annotations
 
-import itertools
 import re
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pika.exceptions import AMQPConnectionError
 
 from services.common.broker import blocking_connection
 from tests.brokers import Cluster, Node
-from tests.conftest import Services, free_port, read_csv, wait_until
+from tests.conftest import Services, free_port, stall_s, wait_until
 from tests.session_broker import Broker
 from tests.test_faults import run_through
 
@@ -85,12 +84,6 @@ def connected_port(services: Services, name: str) -> int:
     found = re.findall(r"connected to [\d.]+:(\d+)", services.output(name))
     assert found, services.output(name)[-2000:]
     return int(found[-1])
-
-
-def stall_s(csv_path: Path) -> float:
-    """The longest pause between two rows recorded one after the other."""
-    times = sorted(datetime.fromisoformat(r["recorded_at"]) for r in read_csv(csv_path))
-    return max((b - a).total_seconds() for a, b in itertools.pairwise(times))
 
 
 def moves_s(services: Services, name: str) -> list[float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import shutil
 import signal
 import time
@@ -30,7 +31,15 @@ import pytest
 from services.common.broker import DeadLetters
 from services.common.contracts import Contracts
 from tests.brokers import Cluster, Node
-from tests.conftest import REPO, Amqp, Services, model_broker_in_thread, read_csv, wait_until
+from tests.conftest import (
+    REPO,
+    Amqp,
+    Services,
+    model_broker_in_thread,
+    read_csv,
+    stall_s,
+    wait_until,
+)
 from tests.session_broker import Broker
 from tools.bench.spy import Spy
 from tools.otlp_sink import Receiver
@@ -198,8 +207,12 @@ def test_three_metrics_share_the_join_one_killed_and_one_added(node, services, s
         first = services.procs["metric-a"] = services.procs["metric"]  # stopped if we fail
         wait_until(lambda: "took shard" in services.output("metric"), 30, "a shard for each")
         seen["rows at the kill"] = len(read_csv(Path(service_env["METRIC_LOG_PATH"])))
+        seen["killed at"] = datetime.now()
         first.kill()
         seen["first"] = first.wait(30)
+        # The survivor takes the dead one's shards (before anyone else is started).
+        wait_until(lambda: _shards_taken_after(services.output("metric-b"), seen["killed at"]),
+                   30, "the survivor to take the dead one's shards")  # fmt: skip
         services.start("metric", RABBITMQ_URL=node.url)  # the same process started again
         services.start("metric", "metric-c", RABBITMQ_URL=node.url)  # and one more
         wait_until(lambda: "took shard" in services.output("metric-c"), 30, "the third's shards")
@@ -212,8 +225,17 @@ def test_three_metrics_share_the_join_one_killed_and_one_added(node, services, s
     # The shards moved: the survivor took the killed one's, then gave some back to the newcomers.
     assert "gave shard" in logs["metric-b"], logs["metric-b"][-3000:]
     assert all("took shard" in out for out in logs.values()), logs
-    # The killed process's shards each had a new owner that recovered them.
-    print(f"\nthree metrics, one killed at row {seen['rows at the kill']}: {figures}")
+    taken = _shards_taken_after(logs["metric-b"], seen["killed at"])
+    print(f"\nthree metrics, one killed at row {seen['rows at the kill']}: {figures}; dead "
+          f"one's shards taken after {taken[0]:.2f} s; longest stall between rows "
+          f"{stall_s(Path(service_env['METRIC_LOG_PATH'])):.2f} s")  # fmt: skip
+
+
+def _shards_taken_after(log: str, when: datetime) -> list[float]:
+    """Seconds from `when` to each "took shard" line the log has after it."""
+    stamp = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*took shard"
+    times = [datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f") for t in re.findall(stamp, log, re.M)]
+    return [(t - when).total_seconds() for t in times if t > when]
 
 
 def test_model_killed_mid_batch_and_restarted(node, services, service_env) -> None:
