@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.session_broker import Broker
+from tools.bench.run import targets
 from tools.broker import CTL_SETTING, URL_SETTING
 
 pytestmark = pytest.mark.broker
@@ -46,6 +47,8 @@ def test_quick_bench_runs_every_pipeline_and_reports_each_figure(
     assert set(report["cpu_us_per_row_core_only"]) >= {"features", "model", "metric"}
     assert report["side_consumers_lag_s"]["min"] >= 0
     assert report["ratio_to_reference_without_metrics"]["median"] > 0
+    assert report["ratio_to_reference_sampled_1pct"]["median"] > 0
+    assert len(report["targets"]) == 4 and "targets met in this run: " in done.stdout
     assert report["metric_exports"] > 0, "the services exported their metrics over OTLP"
     assert "without monitor and dashboard" in done.stdout
     if broker.installation is not None:  # a broker on this machine: its VM's CPU is found too
@@ -76,3 +79,17 @@ def test_a_short_soak_keeps_the_accounting_while_connections_are_closed(
     assert report["recorded"] == report["confirmed_distinct"] == 1500
     assert "accounting holds" in done.stdout
     assert "monitor RSS MiB" in done.stdout
+
+
+def test_the_targets_are_judged_on_the_medians_at_their_bounds() -> None:
+    def report(ratio: float, sampled: float, p99: float, metric_us: float) -> dict:
+        return {
+            "ratio_to_reference": {"median": ratio},
+            "ratio_to_reference_sampled_1pct": {"median": sampled},
+            "paced_200_rows_per_s": {"p99_ms": {"median": p99}},
+            "cpu_us_per_row": {"metric": {"median": metric_us}},
+        }
+
+    assert [t["met"] for t in targets(report(0.8, 1.2, 10.0, 300.0))] == [True] * 4
+    assert [t["met"] for t in targets(report(0.79, 1.19, 10.1, 301.0))] == [False] * 4
+    assert targets(report(0.8, 1.2, 10.0, 300.0))[2]["target"] == "p99 at 200 rows/s <= 10 ms"
