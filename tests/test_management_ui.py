@@ -8,11 +8,14 @@ Screenshots of each step go to logs/screenshots/management-ui/ (git-ignored), re
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,7 +78,21 @@ def _dead_letter(broker: ComposeBroker, contracts: Contracts, model_path: Path,
     return str(why.value)
 
 
+def _ui_count(broker: ComposeBroker, queue: str) -> int:
+    """Messages in `queue` as the management UI shows them: its statistics, which for a quorum
+    queue lag the queue itself by seconds (the passive declare above saw it at once)."""
+    url = f"{broker.ui_url.rstrip('/')}/api/queues/{VHOST}/{urllib.parse.quote(queue, safe='')}"
+    request = urllib.request.Request(url)
+    token = base64.b64encode(f"admin:{broker.password('admin')}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return int(json.load(answer).get("messages", 0))
+
+
 def _walk(broker: ComposeBroker) -> dict:
+    # The page shows the statistics: wait until they count the dead letter (CI once walked the
+    # UI while they still said 0, and the Total column read "0").
+    wait_until(lambda: _ui_count(broker, "model.features.dlq") == 1, 60, "the UI's count")
     shutil.rmtree(SHOTS, ignore_errors=True)
     SHOTS.mkdir(parents=True)
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
