@@ -108,16 +108,14 @@ def _definitions(vhost: str, shards: int | None) -> int:
     from services.common.contracts import Contracts
     from services.common.definitions import build
 
-    env = dict(os.environ)
-    if shards is not None:
-        env["METRIC_SHARDS"] = str(shards)
+    env = {**os.environ, **({"METRIC_SHARDS": str(shards)} if shards is not None else {})}
     try:
-        settings = env_.BrokerSettings.from_env({**env, "RABBITMQ_URL": "amqp://localhost"})
+        count = env_.metric_shards(env)
         contracts = Contracts(env_.contracts_dir(env))
     except ConfigError as exc:
         print(f"broker definitions: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(build(contracts, vhost, settings.shards), indent=2))
+    print(json.dumps(build(contracts, vhost, count), indent=2))
     return 0
 
 

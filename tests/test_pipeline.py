@@ -574,3 +574,18 @@ def test_listing_dead_letters_thirty_times_keeps_every_one_and_replay_still_work
     assert "replayed 3 message(s)" in replayed.stdout, replayed.stdout + replayed.stderr
     assert len(wait_rows(Path(service_env["METRIC_LOG_PATH"]), 3)) == 3
     wait_until(lambda: amqp.count("model.features.dlq") == 0, 10, "an empty dead-letter queue")
+
+
+def test_a_service_given_another_shard_count_than_the_topology_stops_naming_it(
+    services: Services,
+) -> None:
+    # The definitions (or the first service to declare) fix the metric's shard count; a service
+    # told another number under RABBITMQ_TOPOLOGY=verify must not run on, and must say why.
+    services.start("model")  # declares the topology with one shard
+    wait_until(lambda: "connected" in services.output("model"), 30, "the topology")
+    assert services.stop("model") == 0
+    features = services.start("features", "features-6", RABBITMQ_TOPOLOGY="verify",
+                              METRIC_SHARDS="6", FEATURES_COUNT="1")  # fmt: skip
+    assert features.wait(30) == 2
+    out = services.output("features-6")
+    assert "metric.y_true.6-shards" in out and "METRIC_SHARDS is 6 here" in out, out

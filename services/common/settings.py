@@ -157,9 +157,6 @@ class BrokerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BrokerSettings:
-        shards = integer(env, "METRIC_SHARDS", 1, minimum=1)
-        if shards > MAX_SHARDS:
-            raise ConfigError(f"METRIC_SHARDS must be <= {MAX_SHARDS}, got {shards}")
         return cls(
             urls=amqp_urls(env),
             topology=choice(env, "RABBITMQ_TOPOLOGY", "declare", ("declare", "verify")),
@@ -167,8 +164,16 @@ class BrokerSettings:
             max_message_size=integer(
                 env, "RABBITMQ_MAX_MESSAGE_SIZE", DEFAULT_MAX_MESSAGE_SIZE, minimum=1
             ),
-            shards=shards,
+            shards=metric_shards(env),
         )
+
+
+def metric_shards(env: Mapping[str, str]) -> int:
+    """METRIC_SHARDS: shard queues per partitioned consumer (also the definitions' number)."""
+    shards = integer(env, "METRIC_SHARDS", 1, minimum=1)
+    if shards > MAX_SHARDS:
+        raise ConfigError(f"METRIC_SHARDS must be <= {MAX_SHARDS}, got {shards}")
+    return shards
 
 
 def contracts_dir(env: Mapping[str, str]) -> Path:

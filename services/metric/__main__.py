@@ -13,7 +13,7 @@ from services.common.contracts import Contracts
 from services.common.runtime import run
 from services.common.settings import environ
 from services.metric.settings import Settings
-from services.metric.shards import Shards
+from services.metric.shards import POLL_S, Shards
 
 log = logging.getLogger("modelwatch.metric")
 
@@ -28,7 +28,7 @@ async def main(stop: asyncio.Event) -> None:
         while not shards.owned and not stop.is_set():
             await shards.balance()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                await asyncio.wait_for(stop.wait(), POLL_S)
         broker.on_flush(shards.flush)
         broker.on_stop(shards.drained)
         if not await broker.start(stop):

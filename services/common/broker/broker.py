@@ -202,7 +202,9 @@ class Broker:
                 raise
             how = "RABBITMQ_TOPOLOGY=verify: " if self._verify_only else "declaring the topology: "
             hint = ""
-            if exc.reply_code == 404 and "metric.y_" in (exc.reply_text or ""):
+            sharded = (c.queue for t in self._contracts.types.values() for c in t.consumers
+                       if c.partitioned)  # fmt: skip
+            if exc.reply_code == 404 and any(q in (exc.reply_text or "") for q in sharded):
                 hint = (f" (METRIC_SHARDS is {self._shards} here: it must be the number the "
                         "definitions were made with)")  # fmt: skip
             raise BrokerError(f"{how}{exc.reply_text}{hint}") from None
